@@ -1,0 +1,103 @@
+"""The graph contract: fixed tensor names and metadata keys of an exported onnxcam model.
+
+This module is plain Python (no onnx, no onnxruntime, no torch) so that both the exporter and the
+runtime, and any third-party code that serves the exported file, can share it.
+
+Inputs added by the exporter (besides the model's own image input):
+
+=====================  =========  ========  ================================================
+name                   dtype      shape     meaning
+=====================  =========  ========  ================================================
+``onnxcam_target``     int64      [N]       class to explain per image; negative = predicted
+=====================  =========  ========  ================================================
+
+Outputs added by the exporter (the model's own outputs keep their names and values):
+
+=========================  =======  ==========  ===============================================
+name                       dtype    shape       meaning
+=========================  =======  ==========  ===============================================
+``onnxcam_logits``         float32  [N,C]       the explained scores (logits; the input of a
+                                                final Softmax/LogSoftmax when the model has one)
+``onnxcam_class``          int64    [N]         the class explained for each image
+``onnxcam_coefficients``   float32  [N,K]       LIFT-CAM channel weights phi_k
+``onnxcam_map``            float32  [N,h,w]     ReLU(sum_k phi_k A_k), not normalised
+``onnxcam_heatmap``        float32  [N,H,W]     map resized bilinear (half-pixel) to the input
+                                                size, min-max normalised per image to [0, 1]
+``onnxcam_activations``    float32  [N,K,h,w]   target-layer activations A (``raw=True`` only)
+``onnxcam_multipliers``    float32  [N,K,h,w]   DeepLIFT multipliers dy_c/dA (``raw=True`` only)
+=========================  =======  ==========  ===============================================
+"""
+
+from __future__ import annotations
+
+INPUT_TARGET = "onnxcam_target"
+
+OUTPUT_LOGITS = "onnxcam_logits"
+OUTPUT_CLASS = "onnxcam_class"
+OUTPUT_COEFFICIENTS = "onnxcam_coefficients"
+OUTPUT_MAP = "onnxcam_map"
+OUTPUT_HEATMAP = "onnxcam_heatmap"
+OUTPUT_ACTIVATIONS = "onnxcam_activations"
+OUTPUT_MULTIPLIERS = "onnxcam_multipliers"
+
+#: Outputs every exported model has, in this order.
+STANDARD_OUTPUTS = (OUTPUT_LOGITS, OUTPUT_CLASS, OUTPUT_COEFFICIENTS, OUTPUT_MAP, OUTPUT_HEATMAP)
+#: Outputs added with ``raw=True`` / ``--raw``.
+RAW_OUTPUTS = (OUTPUT_ACTIVATIONS, OUTPUT_MULTIPLIERS)
+
+# Metadata props (``ModelProto.metadata_props``); values are strings, JSON where structured.
+META_VERSION = "onnxcam.version"  # onnxcam version that exported the model
+META_METHOD = "onnxcam.method"  # "liftcam"
+META_INPUT = "onnxcam.input"  # name of the image input
+META_INPUT_SHAPE = "onnxcam.input_shape"  # JSON [C, H, W]
+META_TARGET = "onnxcam.target_layer"  # name of the target tensor A
+META_TARGET_SHAPE = "onnxcam.target_shape"  # JSON [K, h, w]
+META_EXPLAINED = "onnxcam.explained_output"  # name of the explained tensor (logits)
+META_NUM_CLASSES = "onnxcam.num_classes"  # decimal integer C
+META_OUTPUTS = "onnxcam.outputs"  # JSON list of the onnxcam outputs present
+META_PREPROCESSING = "onnxcam.preprocessing"  # JSON object, see PREPROCESSING_KEYS; absent if unknown
+META_SOURCE = "onnxcam.source"  # free text: where the model came from
+
+#: Keys of the preprocessing JSON object.
+#: ``color``: "RGB", "BGR" or "GRAY" (one channel): what the model expects;
+#: ``resize``: "shorter" (resize shorter side to ``resize_size`` then centre-crop to the input size)
+#: or "exact" (resize straight to the input size);
+#: ``resize_size``: int (only for "shorter");
+#: ``interpolation``: "linear" | "area" | "nearest" | "cubic";
+#: ``scale``: float multiplied into the 0..255 pixel values (usually 1/255);
+#: ``mean`` / ``std``: per-channel lists applied after scaling: ``(x * scale - mean) / std``.
+PREPROCESSING_KEYS = ("color", "resize", "resize_size", "interpolation", "scale", "mean", "std")
+
+METHOD_LIFTCAM = "liftcam"
+
+#: Named preprocessing presets accepted by the exporter (``preprocessing="imagenet"``).
+PREPROCESSING_PRESETS: dict[str, dict] = {
+    # torchvision ImageNet models: shorter side to 256 (bilinear), centre-crop, ImageNet mean/std.
+    "imagenet": {
+        "color": "RGB",
+        "resize": "shorter",
+        "resize_size": 256,
+        "interpolation": "linear",
+        "scale": 1.0 / 255.0,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
+    # CIFAR-10 ResNets of ../shared: resize to the input size (area), ImageNet mean/std.
+    "cifar10": {
+        "color": "RGB",
+        "resize": "exact",
+        "interpolation": "area",
+        "scale": 1.0 / 255.0,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
+    # Grey-scale models fed raw 0..255 pixels (e.g. the ONNX MNIST models).
+    "mnist": {
+        "color": "GRAY",
+        "resize": "exact",
+        "interpolation": "area",
+        "scale": 1.0,
+        "mean": [0.0],
+        "std": [1.0],
+    },
+}
