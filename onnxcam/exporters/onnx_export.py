@@ -1,0 +1,225 @@
+"""``export``: any ONNX CNN classifier → one ONNX graph that also returns LIFT-CAM explanations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from onnxcam import contract
+from onnxcam._version import __version__
+from onnxcam.exporters.batch import make_batch_dynamic
+from onnxcam.exporters.builder import GraphBuilder
+from onnxcam.exporters.cam import cam_outputs, class_and_seed, output_infos
+from onnxcam.exporters.errors import ExportError
+from onnxcam.exporters.graph import (
+    GraphIndex,
+    default_opset,
+    drop_initializer_inputs,
+    explained_tensor,
+    image_input,
+    load_model,
+    split_head,
+    upgrade_opset,
+)
+from onnxcam.exporters.layers import LayerInfo, auto_target, candidates
+from onnxcam.exporters.reference import probe, reference_pass, static_input_shape
+from onnxcam.exporters.rules.context import SweepState
+from onnxcam.exporters.sweep import reverse_sweep
+
+log = logging.getLogger("onnxcam")
+
+PathOrModel = "str | os.PathLike | onnx.ModelProto"
+
+
+def _prepare(model, input_size):
+    proto = drop_initializer_inputs(upgrade_opset(load_model(model)))
+    image = image_input(proto)
+    input_shape = static_input_shape(image, input_size)
+    proto = make_batch_dynamic(proto, input_shape)
+    return proto, image_input(proto), input_shape
+
+
+def _float_shapes(proto: onnx.ModelProto, image, input_shape, index: GraphIndex):
+    """Shapes and dtypes (batch 1) of every node output that depends on the image."""
+    data = index.depends_on([image.name])
+    names = [o for n in proto.graph.node for o in n.output if o and o in data]
+    values = probe(proto, image, names, input_shape)
+    return {k: v.shape for k, v in values.items()}, {k: v.dtype for k, v in values.items()}
+
+
+def export(
+    model: str | os.PathLike | onnx.ModelProto,
+    target: str | None = None,
+    *,
+    output: str | None = None,
+    raw: bool = False,
+    preprocessing: str | Mapping | None = None,
+    input_size: tuple[int, int] | None = None,
+    source: str | None = None,
+) -> onnx.ModelProto:
+    """Rewrite a CNN classifier into a graph that also emits its LIFT-CAM explanation.
+
+    For the target activations ``A`` and the head ``F`` with logits ``y = F(A)``, the graph computes
+    DeepLIFT (Rescale) multipliers ``m = ∂ᴰᴸ y_c / ∂A`` against the reference ``A' = 0`` (folded into
+    constants at export), coefficients ``φ_k = Σ_ij A_kij m_kij`` and the map ``ReLU(Σ_k φ_k A_k)``;
+    see :mod:`onnxcam.contract` for the added inputs and outputs.
+
+    Args:
+        model: path to an ``.onnx`` file or a ``ModelProto`` (not modified).
+        target: name of the target tensor, or ``None``/``"auto"`` for the last 4-D activation
+            before the classifier's spatial reduction (:func:`onnxcam.exporters.layers.auto_target`).
+        output: the graph output to explain (default: the first). If it comes from a final
+            Softmax/LogSoftmax, its input (the logits) is explained.
+        raw: also emit ``onnxcam_activations`` and ``onnxcam_multipliers``.
+        preprocessing: a preset name from :data:`onnxcam.contract.PREPROCESSING_PRESETS` or a dict
+            with the keys of :data:`onnxcam.contract.PREPROCESSING_KEYS`, stored in the metadata.
+        input_size: ``(H, W)`` for models whose input has dynamic spatial size.
+        source: free text stored as ``onnxcam.source`` (default: the file name).
+
+    Returns:
+        The exported ``ModelProto`` (checked with ``onnx.checker.check_model(full_check=True)``).
+
+    Example:
+        >>> import onnxcam  # doctest: +SKIP
+        >>> cam = onnxcam.export("resnet20.onnx", preprocessing="cifar10")  # doctest: +SKIP
+        >>> onnxcam.save(cam, "resnet20.cam.onnx")  # doctest: +SKIP
+    """
+    prep = _preprocessing(preprocessing)
+    if source is None and not isinstance(model, onnx.ModelProto):
+        source = os.path.basename(os.fspath(model))
+    proto, image, input_shape = _prepare(model, input_size)
+    for out in proto.graph.output:
+        if out.name.startswith("onnxcam_"):
+            raise ExportError(f"the model already has an output named {out.name!r}: it was exported by onnxcam already")
+    index = GraphIndex.build(proto)
+    output_name, logits = explained_tensor(index, output)
+    if target in (None, "auto"):
+        shapes, _ = _float_shapes(proto, image, input_shape, index)
+        target = auto_target(index, logits, image.name, shapes)
+        log.info("automatic target layer: %s", target)
+    head = split_head(index, target, logits, image.name)
+
+    probed = probe(proto, image, [target, logits], input_shape)
+    activations, scores = probed[target], probed[logits]
+    if activations.ndim != 4:
+        raise ExportError(f"target {target!r} has shape {list(activations.shape)}; LIFT-CAM needs a 4-D activation [N, K, h, w]")
+    if activations.dtype != np.float32 or scores.dtype != np.float32:
+        raise ExportError(f"target {target!r} is {activations.dtype} and logits {logits!r} are {scores.dtype}; float32 is required")
+    if scores.ndim != 2:
+        raise ExportError(f"the explained output {logits!r} has shape {list(scores.shape)}; expected logits [N, C]")
+    target_shape = tuple(int(d) for d in activations.shape[1:])
+    num_classes = int(scores.shape[1])
+
+    reference = reference_pass(proto, image, head, input_shape, target_shape)
+    builder = GraphBuilder(proto, default_opset(proto))
+    state = SweepState(builder, index, head, reference)
+    builder.op_named("Identity", [logits], contract.OUTPUT_LOGITS)
+    _, seed = class_and_seed(builder, logits, num_classes)
+    multipliers = reverse_sweep(state, seed)
+    cam_outputs(builder, target, multipliers, target_shape, input_shape[1:])
+    if raw:
+        builder.op_named("Identity", [target], contract.OUTPUT_ACTIVATIONS)
+        builder.op_named("Identity", [multipliers], contract.OUTPUT_MULTIPLIERS)
+
+    graph = proto.graph
+    graph.node.extend(builder.nodes)
+    graph.initializer.extend(builder.initializers)
+    graph.input.append(onnx.helper.make_tensor_value_info(contract.INPUT_TARGET, onnx.TensorProto.INT64, ["N"]))
+    graph.output.extend(output_infos(num_classes, target_shape, input_shape[1:], raw))
+    outputs = list(contract.STANDARD_OUTPUTS) + (list(contract.RAW_OUTPUTS) if raw else [])
+    meta = {
+        contract.META_VERSION: __version__,
+        contract.META_METHOD: contract.METHOD_LIFTCAM,
+        contract.META_INPUT: image.name,
+        contract.META_INPUT_SHAPE: json.dumps(list(input_shape)),
+        contract.META_TARGET: target,
+        contract.META_TARGET_SHAPE: json.dumps(list(target_shape)),
+        contract.META_EXPLAINED: logits,
+        contract.META_NUM_CLASSES: str(num_classes),
+        contract.META_OUTPUTS: json.dumps(outputs),
+    }
+    if prep is not None:
+        meta[contract.META_PREPROCESSING] = json.dumps(prep)
+    if source:
+        meta[contract.META_SOURCE] = source
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in meta.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            proto.metadata_props.add(key=key, value=value)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # a bug in onnxcam, not in the user's model
+        raise ExportError(f"internal error: the exported graph fails onnx.checker: {exc}") from exc
+    log.info("explained output %s (tensor %s), target %s %s", output_name, logits, target, target_shape)
+    return proto
+
+
+def _preprocessing(preprocessing) -> dict | None:
+    if preprocessing is None:
+        return None
+    if isinstance(preprocessing, str):
+        try:
+            return dict(contract.PREPROCESSING_PRESETS[preprocessing])
+        except KeyError:
+            raise ExportError(
+                f"unknown preprocessing preset {preprocessing!r}; presets: {', '.join(contract.PREPROCESSING_PRESETS)}"
+            ) from None
+    prep = dict(preprocessing)
+    unknown = set(prep) - set(contract.PREPROCESSING_KEYS)
+    if unknown:
+        raise ExportError(f"unknown preprocessing keys {sorted(unknown)}; allowed: {', '.join(contract.PREPROCESSING_KEYS)}")
+    missing = {"mean", "std", "scale", "color", "resize"} - set(prep)
+    if missing:
+        raise ExportError(f"preprocessing is missing {sorted(missing)}")
+    if prep["resize"] == "shorter" and "resize_size" not in prep:
+        raise ExportError("preprocessing with resize='shorter' needs resize_size")
+    return prep
+
+
+def list_layers(model: str | os.PathLike | onnx.ModelProto, *, output: str | None = None, input_size: tuple[int, int] | None = None) -> list[LayerInfo]:
+    """Candidate target tensors: name, producing op, shape ``(K, h, w)``, and whether the head is supported.
+
+    Example:
+        >>> for layer in onnxcam.list_layers("resnet20.onnx"):  # doctest: +SKIP
+        ...     print(layer.name, layer.op_type, layer.shape, layer.supported)
+    """
+    proto, image, input_shape = _prepare(model, input_size)
+    index = GraphIndex.build(proto)
+    _, logits = explained_tensor(index, output)
+    shapes, dtypes = _float_shapes(proto, image, input_shape, index)
+    return candidates(index, logits, image.name, shapes, dtypes)
+
+
+def choose_target(model: str | os.PathLike | onnx.ModelProto, *, output: str | None = None, input_size: tuple[int, int] | None = None) -> str:
+    """The tensor ``export(target=None)`` would explain."""
+    proto, image, input_shape = _prepare(model, input_size)
+    index = GraphIndex.build(proto)
+    _, logits = explained_tensor(index, output)
+    shapes, _ = _float_shapes(proto, image, input_shape, index)
+    return auto_target(index, logits, image.name, shapes)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write ``model`` to ``path`` atomically; refuses to replace an existing file unless ``overwrite``."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxcam-", suffix=".onnx.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

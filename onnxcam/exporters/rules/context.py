@@ -1,0 +1,108 @@
+"""What a backward rule sees: its node, the builder, reference values and static facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxcam.exporters.builder import GraphBuilder
+from onnxcam.exporters.errors import ExportError
+from onnxcam.exporters.graph import GraphIndex, Head
+from onnxcam.exporters.reference import ReferencePass
+
+#: captum's threshold below which the Rescale rule falls back to the gradient.
+RESCALE_EPS = {np.dtype(np.float32): 1e-10, np.dtype(np.float64): 1e-10, np.dtype(np.float16): 1e-4}
+
+
+@dataclass
+class SweepState:
+    """Shared by every rule of one export."""
+
+    builder: GraphBuilder
+    index: GraphIndex
+    head: Head
+    reference: ReferencePass
+    _ref_names: dict[str, str] = field(default_factory=dict)
+
+    def reference_initializer(self, tensor: str) -> str:
+        """Name of an initializer holding the reference value of ``tensor`` (created once)."""
+        if tensor not in self._ref_names:
+            value = self.reference.value(tensor)
+            self._ref_names[tensor] = self.builder.const(value, f"ref/{tensor}")
+        return self._ref_names[tensor]
+
+
+@dataclass
+class RuleContext:
+    """The node being swept backwards, with accessors for everything its rule may need."""
+
+    node: onnx.NodeProto
+    state: SweepState
+
+    @property
+    def b(self) -> GraphBuilder:
+        return self.state.builder
+
+    @property
+    def label(self) -> str:
+        return f"node {self.node.name or '(unnamed)'!r} ({self.node.op_type})"
+
+    def error(self, message: str) -> ExportError:
+        return ExportError(f"{self.label}: {message}")
+
+    # -- attributes & inputs ---------------------------------------------------------------------
+    def attr(self, name: str, default=None):
+        for a in self.node.attribute:
+            if a.name == name:
+                value = helper.get_attribute_value(a)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def input(self, i: int) -> str:
+        return self.node.input[i] if i < len(self.node.input) else ""
+
+    def is_varying(self, i: int) -> bool:
+        name = self.input(i)
+        return bool(name) and name in self.state.head.varying
+
+    def static(self, i: int, what: str) -> np.ndarray | None:
+        """Value of input ``i`` when known at export (constant, or batch-independent); None if absent."""
+        name = self.input(i)
+        if not name:
+            return None
+        if name in self.state.index.constants:
+            return self.state.index.constants[name]
+        value = self.state.reference.static(name)
+        if value is None:
+            raise self.error(f"{what} (input {name!r}) must be known at export time, but it varies with the input")
+        return value
+
+    # -- shapes and references -------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Static shape of a head tensor at batch size 1."""
+        if name in self.state.index.constants:
+            return tuple(self.state.index.constants[name].shape)
+        return tuple(self.state.reference.value(name).shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        if name in self.state.index.constants:
+            return self.state.index.constants[name].dtype
+        return self.state.reference.value(name).dtype
+
+    def ref(self, name: str) -> str:
+        """Initializer holding the reference value ``z'`` of tensor ``name``."""
+        return self.state.reference_initializer(name)
+
+    def ref_value(self, name: str) -> np.ndarray:
+        return self.state.reference.value(name)
+
+    def eps(self, name: str) -> float:
+        return RESCALE_EPS.get(self.dtype(name), 1e-10)
+
+    def const(self, value, hint: str, like: str | None = None) -> str:
+        """A constant in the dtype of tensor ``like`` (default: the node's first input)."""
+        dtype = self.dtype(like or self.node.input[0])
+        return self.b.const(np.asarray(value, dtype=dtype), hint)
