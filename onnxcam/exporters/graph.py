@@ -211,7 +211,11 @@ def split_head(index: GraphIndex, target: str, logits: str, image: str) -> Head:
     if target not in index.producer:
         if target in index.constants or target == image:
             raise ExportError(f"target {target!r} is a constant or the model input, not an activation")
-        raise ExportError(f"target tensor {target!r} is not produced by any node of the model")
+        import difflib
+
+        close = difflib.get_close_matches(target, list(index.producer), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "; `onnxcam layers MODEL` lists the candidates"
+        raise ExportError(f"target tensor {target!r} is not produced by any node of the model{hint}")
     varying = _depends_on_cut(index, target)
     if logits not in varying:
         raise ExportError(f"the explained output {logits!r} does not depend on the target tensor {target!r}")
