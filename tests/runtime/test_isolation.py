@@ -1,0 +1,104 @@
+"""The runtime (and the explain CLI) must work where torch and onnx cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Makes `import torch` / `import onnx` (and their submodules, and onnxscript) raise ImportError.
+BLOCKER = textwrap.dedent(
+    """
+    import sys, importlib.abc
+    BLOCKED = ("torch", "onnx", "onnxscript", "torchvision")
+    class _Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+    sys.meta_path.insert(0, _Blocker())
+    for _m in list(sys.modules):
+        if _m.split(".")[0] in BLOCKED:
+            del sys.modules[_m]
+    """
+)
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=120,
+    )
+
+
+def test_blocker_really_blocks():
+    proc = _run("import onnx")
+    assert proc.returncode != 0 and "blocked in this test" in proc.stderr
+
+
+def test_runtime_end_to_end_without_torch_and_onnx(tiny_model_path, tmp_path):
+    image = tmp_path / "img.png"
+    code = """
+    import sys, json
+    import numpy as np, cv2
+    import onnxcam
+    import onnxcam.runtime as rt
+    from onnxcam.runtime import Explainer, overlay, load_image
+    assert onnxcam.Explainer is Explainer  # the lazy top-level API stays clean too
+    cv2.imwrite(sys.argv[2], np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    e = Explainer(sys.argv[1], device="cpu")
+    expl, display = e.explain_images([sys.argv[2], load_image(sys.argv[2])], target=[1, -1])
+    picture = overlay(display[0], expl.heatmaps[0])
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "onnxscript"))
+    print(json.dumps({"classes": expl.classes.tolist(), "shape": list(picture.shape), "leaked": leaked}))
+    """
+    proc = _run(code, tiny_model_path, str(image))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["classes"][0] == 1
+    assert result["shape"] == [16, 16, 3]
+    assert result["leaked"] == []
+
+
+def test_cli_explain_without_torch_and_onnx(tiny_model_path, tmp_path):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "x.png"), np.full((8, 8, 3), 200, np.uint8))
+    out = tmp_path / "out"
+    code = """
+    import sys
+    from onnxcam.cli_explain import main
+    rc = main(["explain", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--device", "cpu"])
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "onnxscript"))
+    assert not leaked, leaked
+    sys.exit(rc)
+    """
+    proc = _run(code, tiny_model_path, str(tmp_path / "x.png"), str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ["x.json", "x_heatmap.png", "x_overlay.png"]
+
+
+@pytest.mark.parametrize("module", ["onnxcam.runtime", "onnxcam.runtime.explainer", "onnxcam.runtime.images", "onnxcam.runtime.overlay", "onnxcam.cli_explain"])
+def test_import_alone_pulls_nothing_heavy(module):
+    proc = _run(
+        f"""
+        import sys, importlib
+        importlib.import_module({module!r})
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "onnxscript")))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
