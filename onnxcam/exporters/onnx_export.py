@@ -30,7 +30,7 @@ from onnxcam.exporters.graph import (
 from onnxcam.exporters.layers import LayerInfo, auto_target, candidates
 from onnxcam.exporters.reference import probe, reference_pass, static_input_shape
 from onnxcam.exporters.rules.context import SweepState
-from onnxcam.exporters.sweep import reverse_sweep
+from onnxcam.exporters.sweep import missing_rules, reverse_sweep, unsupported
 
 log = logging.getLogger("onnxcam")
 
@@ -38,7 +38,10 @@ PathOrModel = "str | os.PathLike | onnx.ModelProto"
 
 
 def _prepare(model, input_size):
-    proto = drop_initializer_inputs(upgrade_opset(load_model(model)))
+    proto = load_model(model)
+    if any(p.key == contract.META_VERSION for p in proto.metadata_props):
+        raise ExportError("the model was exported by onnxcam already; export the original model instead")
+    proto = drop_initializer_inputs(upgrade_opset(proto))
     image = image_input(proto)
     input_shape = static_input_shape(image, input_size)
     proto = make_batch_dynamic(proto, input_shape)
@@ -94,9 +97,6 @@ def export(
     if source is None and not isinstance(model, onnx.ModelProto):
         source = os.path.basename(os.fspath(model))
     proto, image, input_shape = _prepare(model, input_size)
-    for out in proto.graph.output:
-        if out.name.startswith("onnxcam_"):
-            raise ExportError(f"the model already has an output named {out.name!r}: it was exported by onnxcam already")
     index = GraphIndex.build(proto)
     output_name, logits = explained_tensor(index, output)
     if target in (None, "auto"):
@@ -104,6 +104,10 @@ def export(
         target = auto_target(index, logits, image.name, shapes)
         log.info("automatic target layer: %s", target)
     head = split_head(index, target, logits, image.name)
+    missing = missing_rules(head.nodes)
+    if missing:
+        node = next(n for n in head.nodes if (n.name or n.output[0]) == missing[0][0])
+        raise unsupported(missing[0][0], node.op_type, node.domain)
 
     probed = probe(proto, image, [target, logits], input_shape)
     activations, scores = probed[target], probed[logits]
