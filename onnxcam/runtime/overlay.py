@@ -113,5 +113,5 @@ def overlay(
     if h.shape != (height, width):
         h = np.clip(cv2.resize(h, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
     colour = colorize(h, colormap, rgb=rgb)
-    blended = (1.0 - alpha) * image[..., ::-1].astype(np.float32) + alpha * colour.astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
