@@ -50,14 +50,19 @@ def cam_outputs(b: GraphBuilder, activations: str, multipliers: str, target_shap
         mode="linear", coordinate_transformation_mode="half_pixel",
     )
     resized = b.squeeze(resized, [1], "resized_3d")
+    # Constancy is decided on the low-resolution map: resizing a constant map is not exactly constant
+    # in float32, and normalising that rounding noise would invent structure.
+    map_low = b.reduce("ReduceMin", cam_map, [1, 2], keepdims=True, hint="lowres_min")
+    map_high = b.reduce("ReduceMax", cam_map, [1, 2], keepdims=True, hint="lowres_max")
+    zero = b.const(np.float32(0.0), "zero_f32")
+    varies = b.op("Greater", [b.op("Sub", [map_high, map_low]), zero], "map_varies")
     low = b.reduce("ReduceMin", resized, [1, 2], keepdims=True, hint="map_min")
     high = b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max")
     span = b.op("Sub", [high, low], "map_span")
-    zero = b.const(np.float32(0.0), "zero_f32")
-    varies = b.op("Greater", [span, zero], "map_varies")
-    safe_span = b.op("Where", [varies, span, b.const(np.float32(1.0), "one_f32")], "safe_span")
+    usable = b.op("And", [varies, b.op("Greater", [span, zero])], "span_usable")
+    safe_span = b.op("Where", [usable, span, b.const(np.float32(1.0), "one_f32")], "safe_span")
     normalised = b.op("Div", [b.op("Sub", [resized, low]), safe_span], "normalised")
-    b.op_named("Where", [varies, normalised, zero], contract.OUTPUT_HEATMAP)
+    b.op_named("Where", [usable, normalised, zero], contract.OUTPUT_HEATMAP)
 
 
 def output_infos(num_classes: int, target_shape, input_hw, raw: bool) -> list[onnx.ValueInfoProto]:

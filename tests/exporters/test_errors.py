@@ -173,3 +173,16 @@ def test_cli_export_errors(tmp_path, capsys):
     assert not (tmp_path / "o.onnx").exists()
     assert main(["export", str(src), "--preprocessing", "{bad json", "-o", str(tmp_path / "o.onnx")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_constant_nonzero_map_gives_zero_heatmap():
+    """A 1x1 target map is constant (and positive here): the heatmap must be all zeros, not resize noise."""
+    import onnxruntime as ort
+
+    model = tiny_cnn(head_ops=("Relu", "GlobalAveragePool"), spatial=(7, 9))
+    cam = onnxcam.export(model, "h1")
+    sess = ort.InferenceSession(cam.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((6, 3, 7, 9)).astype(np.float32)
+    cam_map, heat = sess.run(["onnxcam_map", "onnxcam_heatmap"], {"input": x, "onnxcam_target": np.full(6, -1)})
+    assert cam_map.shape == (6, 1, 1) and (cam_map > 0).any()
+    assert heat.shape == (6, 7, 9) and np.all(heat == 0)
