@@ -17,15 +17,39 @@ from onnxcam.exporters.reference import ReferencePass
 RESCALE_EPS = {np.dtype(np.float32): 1e-10, np.dtype(np.float64): 1e-10, np.dtype(np.float16): 1e-4}
 
 
+#: Sweep modes: DeepLIFT (Rescale / max-pool / Shapley-product rules) or the plain gradient.
+DEEPLIFT = "deeplift"
+GRADIENT = "gradient"
+
+
 @dataclass
 class SweepState:
-    """Shared by every rule of one export."""
+    """Shared by every rule of one sweep.
+
+    ``mode`` selects DeepLIFT multipliers or plain gradients (Grad-CAM family). ``tile`` > 1 runs the
+    sweep for several classes per image at once: the sweep's batch is ``N·tile`` (image-major), and
+    :meth:`runtime` gives rules the forward tensors repeated to match.
+    """
 
     builder: GraphBuilder
     index: GraphIndex
     head: Head
     reference: ReferencePass
+    mode: str = DEEPLIFT
+    tile: int = 1
     _ref_names: dict[str, str] = field(default_factory=dict)
+    _tiled: dict[str, str] = field(default_factory=dict)
+
+    def runtime(self, tensor: str) -> str:
+        """The forward tensor as the sweep sees it: repeated ``tile`` times per image if it varies."""
+        if self.tile == 1 or tensor not in self.head.varying:
+            return tensor
+        if tensor not in self._tiled:
+            b = self.builder
+            rest = list(self.reference.value(tensor).shape[1:])
+            expanded = b.op("Expand", [b.unsqueeze(tensor, [1]), b.ints([1, self.tile] + [1] * len(rest), "tile_shape")], "tiled")
+            self._tiled[tensor] = b.op("Reshape", [expanded, b.ints([-1, *rest], "tiled_shape")], "tiled_flat")
+        return self._tiled[tensor]
 
     def reference_initializer(self, tensor: str) -> str:
         """Name of an initializer holding the reference value of ``tensor`` (created once)."""
@@ -63,6 +87,14 @@ class RuleContext:
 
     def input(self, i: int) -> str:
         return self.node.input[i] if i < len(self.node.input) else ""
+
+    def value(self, name: str) -> str:
+        """Runtime tensor for the forward tensor ``name`` (use this, not the bare name, in emitted nodes)."""
+        return self.state.runtime(name)
+
+    @property
+    def gradient_mode(self) -> bool:
+        return self.state.mode == GRADIENT
 
     def is_varying(self, i: int) -> bool:
         name = self.input(i)

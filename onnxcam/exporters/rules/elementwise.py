@@ -28,18 +28,24 @@ Derivative = Callable[[RuleContext, str], str]
 
 
 def rescale(ctx: RuleContext, g: str, derivative: Derivative, smooth: bool) -> str:
-    """Emit ``g ⊙ slope`` where ``slope`` is the Rescale secant with its derivative fallback."""
-    z, y = ctx.input(0), ctx.node.output[0]
+    """Emit ``g ⊙ slope`` where ``slope`` is the Rescale secant with its derivative fallback.
+
+    In gradient mode (Grad-CAM family) the slope is the plain derivative ``f'(z)``.
+    """
+    z_name, y_name = ctx.input(0), ctx.node.output[0]
+    z, y = ctx.value(z_name), ctx.value(y_name)
     b = ctx.b
-    z_ref = ctx.ref(z)
+    if ctx.gradient_mode:
+        return b.op("Mul", [g, derivative(ctx, z)], "gradient")
+    z_ref = ctx.ref(z_name)
     dz = b.op("Sub", [z, z_ref], "dz")
-    dy = b.op("Sub", [y, ctx.ref(y)], "dy")
+    dy = b.op("Sub", [y, ctx.ref(y_name)], "dy")
     if smooth:
-        band = SMOOTH_BAND.get(ctx.dtype(z), 0.03) * np.maximum(1.0, np.abs(ctx.ref_value(z)))
-        threshold = b.const(band.astype(ctx.dtype(z)), "rescale_band")
+        band = SMOOTH_BAND.get(ctx.dtype(z_name), 0.03) * np.maximum(1.0, np.abs(ctx.ref_value(z_name)))
+        threshold = b.const(band.astype(ctx.dtype(z_name)), "rescale_band")
         point = b.op("Mul", [b.op("Add", [z, z_ref]), ctx.const(0.5, "half")], "midpoint")
     else:
-        threshold = ctx.const(ctx.eps(z), "rescale_eps")
+        threshold = ctx.const(ctx.eps(z_name), "rescale_eps")
         point = z
     small = b.op("Less", [b.op("Abs", [dz]), threshold], "small_dz")
     safe_dz = b.op("Where", [small, ctx.const(1.0, "one"), dz], "safe_dz")

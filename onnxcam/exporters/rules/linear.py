@@ -24,7 +24,7 @@ def unbroadcast(ctx: RuleContext, g: str, inp: str, out: str) -> str:
         lead + i for i, d in enumerate(in_shape) if d == 1 and out_shape[lead + i] != 1
     ]
     summed = ctx.b.reduce("ReduceSum", g, axes, keepdims=True, hint="unbroadcast") if axes else g
-    return ctx.b.reshape_like(summed, inp)
+    return ctx.b.reshape_like(summed, ctx.value(inp))
 
 
 def _only(ctx: RuleContext, varying_inputs: set[int]) -> None:
@@ -60,7 +60,7 @@ def cast(ctx: RuleContext, g: Multipliers) -> Multipliers:
 def reshape(ctx: RuleContext, g: Multipliers) -> Multipliers:
     """Pure reshapes: ``m_x = reshape(g, shape(x))``."""
     _only(ctx, {0})
-    return [ctx.b.reshape_like(g[0], ctx.input(0), "reshape_back")] + [None] * (len(ctx.node.input) - 1)
+    return [ctx.b.reshape_like(g[0], ctx.value(ctx.input(0)), "reshape_back")] + [None] * (len(ctx.node.input) - 1)
 
 
 @register("Transpose")
@@ -98,22 +98,20 @@ def mul(ctx: RuleContext, g: Multipliers) -> Multipliers:
 
     One varying factor: ``m_a = g·b``. Two varying factors (e.g. squeeze-and-excitation gates): the
     Shapley rule of the two-factor product, ``m_a = g·(b + b')/2``, ``m_b = g·(a + a')/2``, which keeps
-    completeness exact: ``m_a·Δa + m_b·Δb = g·Δ(ab)``.
+    completeness exact: ``m_a·Δa + m_b·Δb = g·Δ(ab)``. In gradient mode: ``m_a = g·b``, ``m_b = g·a``.
     """
     a, b = ctx.input(0), ctx.input(1)
+    a_val, b_val = ctx.value(a), ctx.value(b)
     out = ctx.node.output[0]
     va, vb = ctx.is_varying(0), ctx.is_varying(1)
-    if va and vb:
+    if va and vb and not ctx.gradient_mode:
         half = ctx.const(0.5, "half", like=out)
-        mean_b = ctx.b.op("Mul", [ctx.b.op("Add", [b, ctx.ref(b)]), half], "shapley_b")
-        mean_a = ctx.b.op("Mul", [ctx.b.op("Add", [a, ctx.ref(a)]), half], "shapley_a")
-        return [
-            unbroadcast(ctx, ctx.b.op("Mul", [g[0], mean_b], "mul_back"), a, out),
-            unbroadcast(ctx, ctx.b.op("Mul", [g[0], mean_a], "mul_back"), b, out),
-        ]
-    if va:
-        return [unbroadcast(ctx, ctx.b.op("Mul", [g[0], b], "mul_back"), a, out), None]
-    return [None, unbroadcast(ctx, ctx.b.op("Mul", [g[0], a], "mul_back"), b, out)]
+        b_val = ctx.b.op("Mul", [ctx.b.op("Add", [b_val, ctx.ref(b)]), half], "shapley_b")
+        a_val = ctx.b.op("Mul", [ctx.b.op("Add", [a_val, ctx.ref(a)]), half], "shapley_a")
+    return [
+        unbroadcast(ctx, ctx.b.op("Mul", [g[0], b_val], "mul_back"), a, out) if va else None,
+        unbroadcast(ctx, ctx.b.op("Mul", [g[0], a_val], "mul_back"), b, out) if vb else None,
+    ]
 
 
 @register("Div")
@@ -267,7 +265,7 @@ def global_average_pool(ctx: RuleContext, g: Multipliers) -> Multipliers:
     x = ctx.input(0)
     count = int(np.prod(ctx.shape(x)[2:]))
     scaled = ctx.b.op("Mul", [g[0], ctx.const(1.0 / count, "inv_count")], "gap_scaled")
-    return [ctx.b.op("Expand", [scaled, ctx.b.shape(x)], "gap_back")]
+    return [ctx.b.op("Expand", [scaled, ctx.b.shape(ctx.value(x))], "gap_back")]
 
 
 @register("ReduceMean", "ReduceSum")
@@ -289,7 +287,7 @@ def reduce_linear(ctx: RuleContext, g: Multipliers) -> Multipliers:
     if ctx.node.op_type == "ReduceMean":
         count = int(np.prod([ctx.shape(x)[a] for a in axes]))
         grad = ctx.b.op("Mul", [grad, ctx.const(1.0 / count, "inv_count")], "mean_scaled")
-    return [ctx.b.op("Expand", [grad, ctx.b.shape(x)], "reduce_back")] + [None] * (len(ctx.node.input) - 1)
+    return [ctx.b.op("Expand", [grad, ctx.b.shape(ctx.value(x))], "reduce_back")] + [None] * (len(ctx.node.input) - 1)
 
 
 @register("Concat")
@@ -317,7 +315,7 @@ def split(ctx: RuleContext, g: Multipliers) -> Multipliers:
         raise ctx.error("Split along the batch axis is not supported")
     parts = []
     for out, gi in zip(ctx.node.output, g):
-        parts.append(gi if gi is not None else ctx.b.op("ConstantOfShape", [ctx.b.shape(out)], "split_zeros",
+        parts.append(gi if gi is not None else ctx.b.op("ConstantOfShape", [ctx.b.shape(ctx.value(out))], "split_zeros",
                                                         value=_zero_tensor(ctx.dtype(out))))
     return [ctx.b.op("Concat", parts, "split_back", axis=axis)] + [None] * (len(ctx.node.input) - 1)
 

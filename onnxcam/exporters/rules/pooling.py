@@ -41,16 +41,14 @@ def _pool_indices(value: np.ndarray, attrs: dict) -> np.ndarray:
 def max_pool_rule(ctx: RuleContext, g: str, attrs: dict) -> str:
     """The rule for a max pool with the given MaxPool attributes (used by MaxPool and GlobalMaxPool)."""
     b = ctx.b
-    x, y = ctx.input(0), ctx.node.output[0]
-    x_shape = ctx.shape(x)
+    x_name, y_name = ctx.input(0), ctx.node.output[0]
+    x, y = ctx.value(x_name), ctx.value(y_name)
+    x_shape = ctx.shape(x_name)
     channels, plane = x_shape[1], int(np.prod(x_shape[2:]))
-    x_ref, y_ref = ctx.ref(x), ctx.ref(y)
 
     _, indices = b.op("MaxPool", [x], "argmax", outputs=2, **attrs)
     flat_shape = b.ints([0, channels, -1], "flat_shape")
     local = b.op("Reshape", [b.op("Mod", [indices, b.ints([plane], "plane")]), flat_shape], "argmax_local")
-    ref_local = b.const(_pool_indices(ctx.ref_value(x), attrs).reshape(1, channels, -1), "argmax_ref")
-    ref_local = b.op("Expand", [ref_local, b.shape(local)], "argmax_ref_batch")
 
     plane_shape = b.op("Concat", [b.slice(b.shape(x), [0], [2], [0]), b.ints([plane], "plane")], "plane_shape", axis=0)
     zeros = b.op("ConstantOfShape", [plane_shape], "unpool_zeros",
@@ -60,14 +58,20 @@ def max_pool_rule(ctx: RuleContext, g: str, attrs: dict) -> str:
         flat = b.op("Reshape", [values, flat_shape], "unpool_values")
         return b.op("ScatterElements", [zeros, where, flat], "unpool", axis=2, reduction="add")
 
+    plain = unpool(g, local)
+    if ctx.gradient_mode:
+        return b.reshape_like(plain, x, "maxpool_back")
+
+    x_ref, y_ref = ctx.ref(x_name), ctx.ref(y_name)
+    ref_local = b.const(_pool_indices(ctx.ref_value(x_name), attrs).reshape(1, channels, -1), "argmax_ref")
+    ref_local = b.op("Expand", [ref_local, b.shape(local)], "argmax_ref_batch")
     y_hat = b.op("Max", [y, y_ref], "y_hat")
     from_x = b.op("Mul", [g, b.op("Sub", [y_hat, y_ref])], "delta_x_part")
     from_ref = b.op("Mul", [g, b.op("Sub", [y, y_hat])], "delta_ref_part")
     routed = b.op("Add", [unpool(from_x, local), unpool(from_ref, ref_local)], "routed")
-    plain = unpool(g, local)
 
     dx = b.op("Reshape", [b.op("Sub", [x, x_ref]), flat_shape], "dx")
-    small = b.op("Less", [b.op("Abs", [dx]), ctx.const(ctx.eps(x), "maxpool_eps")], "small_dx")
+    small = b.op("Less", [b.op("Abs", [dx]), ctx.const(ctx.eps(x_name), "maxpool_eps")], "small_dx")
     safe = b.op("Where", [small, ctx.const(1.0, "one"), dx], "safe_dx")
     multiplier = b.op("Where", [small, plain, b.op("Div", [routed, safe])], "maxpool_multiplier")
     return b.reshape_like(multiplier, x, "maxpool_back")
