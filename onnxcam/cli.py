@@ -30,6 +30,8 @@ def _export_parser(sub) -> None:
                    help="preset (imagenet, cifar10, mnist) or a JSON object stored in the metadata for the runtime")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input height and width, for models with a dynamic spatial size")
+    p.add_argument("--labels", default=None, metavar="FILE.json",
+                   help="JSON list of the class names, stored in the metadata (the CLI's manifests use them)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(run=_run_export)
 
@@ -49,7 +51,7 @@ def _run_export(args) -> int:
             return 2
     start = time.perf_counter()
     model = export(args.model, None if args.layer == "auto" else args.layer, output=args.explain_output,
-                   raw=args.raw, preprocessing=prep,
+                   raw=args.raw, preprocessing=prep, class_names=args.labels,
                    input_size=tuple(args.input_size) if args.input_size else None)
     save(model, args.output, overwrite=args.overwrite)
     meta = {p.key: p.value for p in model.metadata_props}

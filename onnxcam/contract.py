@@ -57,6 +57,7 @@ META_NUM_CLASSES = "onnxcam.num_classes"  # decimal integer C
 META_OUTPUTS = "onnxcam.outputs"  # JSON list of the onnxcam outputs present
 META_PREPROCESSING = "onnxcam.preprocessing"  # JSON object, see PREPROCESSING_KEYS; absent if unknown
 META_SOURCE = "onnxcam.source"  # free text: where the model came from
+META_CLASS_NAMES = "onnxcam.class_names"  # JSON list of C class names; absent if not given
 
 #: Keys of the preprocessing JSON object.
 #: ``color``: "RGB", "BGR" or "GRAY" (one channel): what the model expects;

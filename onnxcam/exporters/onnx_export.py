@@ -65,6 +65,7 @@ def export(
     preprocessing: str | Mapping | None = None,
     input_size: tuple[int, int] | None = None,
     source: str | None = None,
+    class_names: "list[str] | str | os.PathLike | None" = None,
 ) -> onnx.ModelProto:
     """Rewrite a CNN classifier into a graph that also emits its LIFT-CAM explanation.
 
@@ -84,6 +85,8 @@ def export(
             with the keys of :data:`onnxcam.contract.PREPROCESSING_KEYS`, stored in the metadata.
         input_size: ``(H, W)`` for models whose input has dynamic spatial size.
         source: free text stored as ``onnxcam.source`` (default: the file name).
+        class_names: the C class names (a list, or a JSON file holding one), stored in the metadata
+            so that the runtime and the CLI can name predictions.
 
     Returns:
         The exported ``ModelProto`` (checked with ``onnx.checker.check_model(full_check=True)``).
@@ -94,6 +97,7 @@ def export(
         >>> onnxcam.save(cam, "resnet20.cam.onnx")  # doctest: +SKIP
     """
     prep = _preprocessing(preprocessing)
+    names = _class_names(class_names)
     if source is None and not isinstance(model, onnx.ModelProto):
         source = os.path.basename(os.fspath(model))
     proto, image, input_shape = _prepare(model, input_size)
@@ -119,6 +123,8 @@ def export(
         raise ExportError(f"the explained output {logits!r} has shape {list(scores.shape)}; expected logits [N, C]")
     target_shape = tuple(int(d) for d in activations.shape[1:])
     num_classes = int(scores.shape[1])
+    if names is not None and len(names) != num_classes:
+        raise ExportError(f"class_names has {len(names)} names but the explained output {logits!r} has {num_classes} classes")
 
     reference = reference_pass(proto, image, head, input_shape, target_shape)
     builder = GraphBuilder(proto, default_opset(proto))
@@ -152,6 +158,8 @@ def export(
         meta[contract.META_PREPROCESSING] = json.dumps(prep)
     if source:
         meta[contract.META_SOURCE] = source
+    if names is not None:
+        meta[contract.META_CLASS_NAMES] = json.dumps(names)
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in meta.items():
         if key in existing:
@@ -186,6 +194,21 @@ def _preprocessing(preprocessing) -> dict | None:
     if prep["resize"] == "shorter" and "resize_size" not in prep:
         raise ExportError("preprocessing with resize='shorter' needs resize_size")
     return prep
+
+
+def _class_names(class_names) -> list[str] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, os.PathLike)):
+        path = os.fspath(class_names)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                class_names = json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExportError(f"cannot read class names from {path}: {exc}") from exc
+    if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
+        raise ExportError("class_names must be a list of strings (or a JSON file holding one)")
+    return list(class_names)
 
 
 def list_layers(model: str | os.PathLike | onnx.ModelProto, *, output: str | None = None, input_size: tuple[int, int] | None = None) -> list[LayerInfo]:

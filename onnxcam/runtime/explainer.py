@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_OUTPUTS", "META_CLASS_NAMES", "Explainer", "Explanation"]
 
 #: Optional metadata key with the class names (JSON list of C strings). Not (yet) part of the
 #: graph contract; read when present.
-META_CLASS_NAMES = getattr(contract, "META_CLASS_NAMES", "onnxcam.class_names")
+META_CLASS_NAMES = contract.META_CLASS_NAMES
 
 #: Outputs fetched by :meth:`Explainer.explain` when ``outputs`` is not given (plus the raw ones when
 #: the model has them).
