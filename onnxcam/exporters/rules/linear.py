@@ -403,3 +403,67 @@ def batch_norm(ctx: RuleContext, g: Multipliers) -> Multipliers:
     rank = len(ctx.shape(ctx.input(0)))
     factor = factor.reshape((1, -1) + (1,) * (rank - 2)).astype(ctx.dtype(ctx.input(0)))
     return [ctx.b.op("Mul", [g[0], ctx.b.const(factor, "bn_scale")], "bn_back")] + [None] * 4
+
+
+@register("Expand")
+def expand(ctx: RuleContext, g: Multipliers) -> Multipliers:
+    """``y = expand(x, shape)``: ``m_x = Σ`` of ``g`` over the broadcast axes."""
+    _only(ctx, {0})
+    return [unbroadcast(ctx, g[0], ctx.input(0), ctx.node.output[0]), None]
+
+
+@register("Gather")
+def gather(ctx: RuleContext, g: Multipliers) -> Multipliers:
+    """``y = take(x, idx, axis)`` with constant ``idx`` (scalar or 1-D): ``m_x = g · P`` along ``axis``,
+    ``P[l, d] = [idx_l = d]`` (repeated indices sum)."""
+    _only(ctx, {0})
+    x = ctx.input(0)
+    shape = ctx.shape(x)
+    rank = len(shape)
+    axis = int(ctx.attr("axis", 0)) % rank
+    if axis == 0:
+        raise ctx.error("Gather along the batch axis is not supported")
+    indices = ctx.static(1, "indices")
+    if indices.ndim > 1:
+        raise ctx.error(f"Gather with {indices.ndim}-D indices is not supported (scalar or 1-D only)")
+    grad = g[0]
+    flat = np.atleast_1d(indices).astype(np.int64) % shape[axis]
+    if indices.ndim == 0:
+        grad = ctx.b.unsqueeze(grad, [axis])
+    selector = np.zeros((flat.size, shape[axis]), dtype=ctx.dtype(x))
+    np.add.at(selector, (np.arange(flat.size), flat), 1.0)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = ctx.b.op("Transpose", [grad], "gather_move", perm=perm)
+    scattered = ctx.b.op("MatMul", [moved, ctx.b.const(selector, "gather_selector")], "gather_back")
+    return [ctx.b.op("Transpose", [scattered], "gather_restore", perm=[int(i) for i in np.argsort(perm)]), None]
+
+
+@register("ConvTranspose")
+def conv_transpose(ctx: RuleContext, g: Multipliers) -> Multipliers:
+    """``y = conv_transpose(x, W) + b`` with constant ``W``: ``m_x = conv(g, W)`` (same groups, strides,
+    dilations, pads); output-padding rows, which no input reaches, are cropped first."""
+    _only(ctx, {0})
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", ""):
+        raise ctx.error(f"ConvTranspose with auto_pad={auto_pad} is not supported; use explicit pads")
+    weight = ctx.input(1)
+    kernel = list(ctx.attr("kernel_shape") or ctx.shape(weight)[2:])
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    pads = list(ctx.attr("pads", [0] * (2 * n))) if auto_pad != "VALID" else [0] * (2 * n)
+    in_sp, out_sp = ctx.shape(ctx.input(0))[2:], ctx.shape(ctx.node.output[0])[2:]
+    grad = g[0]
+    pads_end = []
+    crop = []
+    for i, o, k, s, d, pb in zip(in_sp, out_sp, kernel, strides, dilations, pads[:n]):
+        # Conv output size floor((o + pb + pe - (k-1)d - 1)/s) + 1 must be i.
+        pe = s * (i - 1) + (k - 1) * d + 1 - o - pb
+        pads_end.append(max(pe, 0))
+        crop.append(max(-pe, 0))
+    if any(crop):
+        rank = 2 + n
+        grad = ctx.b.pad(grad, [0] * rank + [0, 0] + [-c for c in crop], "convT_crop")
+    conv = ctx.b.op("Conv", [grad, weight], "convT_back", kernel_shape=kernel, strides=strides,
+                    dilations=dilations, pads=list(pads[:n]) + pads_end, group=int(ctx.attr("group", 1)))
+    return [conv] + [None] * (len(ctx.node.input) - 1)
