@@ -50,14 +50,15 @@ META_VERSION = "onnxcam.version"  # onnxcam version that exported the model
 META_METHOD = "onnxcam.method"  # "liftcam"
 META_INPUT = "onnxcam.input"  # name of the image input
 META_INPUT_SHAPE = "onnxcam.input_shape"  # JSON [C, H, W]
-META_TARGET = "onnxcam.target_layer"  # name of the target tensor A
-META_TARGET_SHAPE = "onnxcam.target_shape"  # JSON [K, h, w]
+META_TARGET = "onnxcam.target_layer"  # name of the target tensor A (JSON list when several layers)
+META_TARGET_SHAPE = "onnxcam.target_shape"  # JSON [K, h, w] (list of them when several layers)
 META_EXPLAINED = "onnxcam.explained_output"  # name of the explained tensor (logits)
 META_NUM_CLASSES = "onnxcam.num_classes"  # decimal integer C
 META_OUTPUTS = "onnxcam.outputs"  # JSON list of the onnxcam outputs present
 META_PREPROCESSING = "onnxcam.preprocessing"  # JSON object, see PREPROCESSING_KEYS; absent if unknown
 META_SOURCE = "onnxcam.source"  # free text: where the model came from
 META_CLASS_NAMES = "onnxcam.class_names"  # JSON list of C class names; absent if not given
+META_TOP_K = "onnxcam.top_k"  # decimal k when exported with top_k (outputs [N, k, ...]); absent otherwise
 
 #: Keys of the preprocessing JSON object.
 #: ``color``: "RGB", "BGR" or "GRAY" (one channel): what the model expects;
@@ -70,6 +71,8 @@ META_CLASS_NAMES = "onnxcam.class_names"  # JSON list of C class names; absent i
 PREPROCESSING_KEYS = ("color", "resize", "resize_size", "interpolation", "scale", "mean", "std")
 
 METHOD_LIFTCAM = "liftcam"
+#: Every method the exporter can emit (``onnxcam.method`` metadata).
+METHODS = ("liftcam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 
 #: Named preprocessing presets accepted by the exporter (``preprocessing="imagenet"``).
 PREPROCESSING_PRESETS: dict[str, dict] = {

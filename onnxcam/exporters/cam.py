@@ -1,16 +1,32 @@
 """The CAM tail: class selection, the seed of the sweep, coefficients, map and heatmap.
 
-Given the activations ``A`` [N,K,h,w], the multipliers ``m`` [N,K,h,w] and the logits ``y`` [N,C]:
+Given the activations ``A`` [B,K,h,w], the sweep's result ``M`` [B,K,h,w] (DeepLIFT multipliers for
+LIFT-CAM, the gradient ``G = ∂y_c/∂A`` for the Grad-CAM family) and the logits ``y`` [N,C]:
 
-- ``c = argmax(y)`` where ``onnxcam_target < 0``, else ``onnxcam_target``;
-- seed ``g = one_hot(c)`` [N,C];
-- ``φ = Σ_ij A ⊙ m`` [N,K] (contributions ``C = (A − 0) ⊙ m``);
-- ``L = ReLU(Σ_k φ_k A_k)`` [N,h,w], one batched MatMul;
-- heatmap: ``L`` resized to [H,W] (bilinear, half-pixel centres), min-max normalised per image,
-  0 where the map is constant.
+- ``c = argmax(y)`` where ``onnxcam_target < 0``, else ``onnxcam_target``; with ``top_k = k`` the
+  target is [N,k] and a negative entry at rank ``r`` means the r-th highest class;
+- seed ``g = one_hot(c)`` [B,C] with ``B = N·k`` (image-major);
+- per method (ALGORITHM.md §1 and §5; pytorch-grad-cam's conventions):
+
+  ==========  ==========================================================  =========================
+  method      coefficients ``φ_k``                                        map before ReLU
+  ==========  ==========================================================  =========================
+  liftcam     ``Σ_ij A ⊙ M``  (M = DeepLIFT multipliers)                  ``Σ_k φ_k A_k``
+  gradcam     ``mean_ij G``                                               ``Σ_k φ_k A_k``
+  gradcam++   ``Σ_ij ReLU(G)·a``, ``a = G²/(2G² + Σ_ij A·G³ + 1e-6)``     ``Σ_k φ_k A_k``
+              (``a = 0`` where ``G = 0``)
+  xgradcam    ``Σ_ij G ⊙ A / (Σ_ij A + 1e-7)``                            ``Σ_k φ_k A_k``
+  hirescam    ``Σ_ij G ⊙ A``  (channel sums of the map)                   ``Σ_k G_k ⊙ A_k``
+  layercam    ``Σ_ij ReLU(G) ⊙ A``  (channel sums of the map)             ``Σ_k ReLU(G_k) ⊙ A_k``
+  ==========  ==========================================================  =========================
+
+- ``L = ReLU(map)``; heatmap: ``L`` resized to [H,W] (bilinear, half-pixel centres), min-max
+  normalised per image, 0 where the low-resolution map is constant.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -19,42 +35,102 @@ from onnx import TensorProto, helper
 from onnxcam import contract
 from onnxcam.exporters.builder import GraphBuilder
 
+#: Methods and whether their sweep uses DeepLIFT rules (True) or plain gradients (False).
+METHODS = {
+    "liftcam": True,
+    "gradcam": False,
+    "gradcam++": False,
+    "xgradcam": False,
+    "hirescam": False,
+    "layercam": False,
+}
 
-def class_and_seed(b: GraphBuilder, logits: str, num_classes: int) -> tuple[str, str]:
-    """Emit the explained class ``c`` [N] and the one-hot seed [N,C]; returns their names."""
-    predicted = b.op("ArgMax", [logits], "predicted", axis=1, keepdims=0)
+
+@dataclass(frozen=True)
+class Names:
+    """Output names of one target layer (suffixed when several layers share a graph)."""
+
+    suffix: str = ""
+
+    def __getattr__(self, item: str) -> str:  # e.g. names.OUTPUT_MAP
+        return getattr(contract, item) + self.suffix
+
+
+def class_and_seed(b: GraphBuilder, logits: str, num_classes: int, top_k: int | None) -> tuple[str, str]:
+    """Emit the explained classes (``[N]`` or ``[N,k]``) and the one-hot seed ``[N·k, C]``."""
+    if top_k is None:
+        predicted = b.op("ArgMax", [logits], "predicted", axis=1, keepdims=0)
+    else:
+        _, predicted = b.op("TopK", [logits, b.ints([top_k], "k")], "top_k", outputs=2, axis=1, largest=1, sorted=1)
     wants_prediction = b.op("Less", [contract.INPUT_TARGET, b.ints([0], "zero_i64")], "wants_prediction")
     classes = b.op_named("Where", [wants_prediction, predicted, contract.INPUT_TARGET], contract.OUTPUT_CLASS)
+    flat = classes if top_k is None else b.op("Reshape", [classes, b.ints([-1], "minus_one")], "classes_flat")
     arange = b.const(np.arange(num_classes, dtype=np.int64)[None, :], "class_range")
-    hot = b.op("Equal", [arange, b.unsqueeze(classes, [1])], "one_hot")
-    seed = b.op("Cast", [hot], "seed", to=TensorProto.FLOAT)
-    return classes, seed
+    hot = b.op("Equal", [arange, b.unsqueeze(flat, [1])], "one_hot")
+    return classes, b.op("Cast", [hot], "seed", to=TensorProto.FLOAT)
 
 
-def cam_outputs(b: GraphBuilder, activations: str, multipliers: str, target_shape, input_hw) -> None:
-    """Emit coefficients, map and heatmap under their contract names."""
+def cam_outputs(b: GraphBuilder, activations: str, sweep: str, target_shape, input_hw, method: str,
+                names: Names, top_k: int | None) -> str:
+    """Emit coefficients, map and heatmap of one layer; returns the heatmap's name."""
     k, h, w = target_shape
-    contributions = b.op("Mul", [activations, multipliers], "contributions")
-    coefficients = b.reduce("ReduceSum", contributions, [2, 3], keepdims=False, hint="coefficients_sum")
-    b.op_named("Identity", [coefficients], contract.OUTPUT_COEFFICIENTS)
+    batch_shape = [-1] if top_k is None else [-1, top_k]
 
-    flat = b.op("Reshape", [activations, b.ints([0, k, h * w], "flat_shape")], "activations_flat")
-    weighted = b.op("MatMul", [b.unsqueeze(coefficients, [1]), flat], "weighted_sum")
-    raw_map = b.op("Reshape", [weighted, b.ints([0, h, w], "map_shape")], "map_linear")
-    cam_map = b.op_named("Relu", [raw_map], contract.OUTPUT_MAP)
+    def out(name: str, tensor: str, rest) -> str:
+        """Expose ``tensor`` [B, *rest] as ``name`` with shape [N, (k,) *rest]."""
+        return b.op_named("Reshape", [tensor, b.ints([*batch_shape, *rest], "out_shape")], name)
 
+    coefficients, weighted = _method(b, method, activations, sweep)
+    out(names.OUTPUT_COEFFICIENTS, coefficients, [k])
+    if weighted is None:  # channel weights: one batched MatMul instead of materialising φ ⊙ A
+        flat = b.op("Reshape", [activations, b.ints([0, k, h * w], "flat_shape")], "activations_flat")
+        weighted = b.op("MatMul", [b.unsqueeze(coefficients, [1]), flat], "weighted_sum")
+    cam_map = b.op("Relu", [b.op("Reshape", [weighted, b.ints([-1, h, w], "map_shape")], "map_linear")], "map")
+    out(names.OUTPUT_MAP, cam_map, [h, w])
+    heatmap = _heatmap(b, cam_map, input_hw)
+    return out(names.OUTPUT_HEATMAP, heatmap, list(input_hw))
+
+
+def _method(b: GraphBuilder, method: str, a: str, m: str) -> tuple[str, str | None]:
+    """``(φ [B,K], map before ReLU [B,…] or None for the Σ_k φ_k A_k form)``."""
+    spatial = [2, 3]
+    if method == "liftcam":
+        return b.reduce("ReduceSum", b.op("Mul", [a, m], "contributions"), spatial, False, "coefficients"), None
+    if method == "gradcam":
+        return b.reduce("ReduceMean", m, spatial, False, "coefficients"), None
+    if method == "gradcam++":
+        g2 = b.op("Mul", [m, m], "grad2")
+        g3 = b.op("Mul", [g2, m], "grad3")
+        sum_a = b.reduce("ReduceSum", a, spatial, True, "sum_activations")
+        denom = b.op("Add", [b.op("Add", [b.op("Mul", [g2, b.const(np.float32(2.0), "two")]),
+                                          b.op("Mul", [sum_a, g3])]), b.const(np.float32(1e-6), "gradcampp_eps")])
+        aij = b.op("Div", [g2, denom], "aij")
+        aij = b.op("Where", [b.op("Equal", [m, b.const(np.float32(0.0), "zero_f32")]), b.const(np.float32(0.0), "zero_f32"), aij])
+        return b.reduce("ReduceSum", b.op("Mul", [b.op("Relu", [m]), aij]), spatial, False, "coefficients"), None
+    if method == "xgradcam":
+        sum_a = b.reduce("ReduceSum", a, spatial, True, "sum_activations")
+        normalised = b.op("Div", [a, b.op("Add", [sum_a, b.const(np.float32(1e-7), "xgradcam_eps")])])
+        return b.reduce("ReduceSum", b.op("Mul", [m, normalised]), spatial, False, "coefficients"), None
+    if method in ("hirescam", "layercam"):
+        g = m if method == "hirescam" else b.op("Relu", [m], "positive_grad")
+        products = b.op("Mul", [g, a], "elementwise")
+        return (b.reduce("ReduceSum", products, spatial, False, "coefficients"),
+                b.reduce("ReduceSum", products, [1], False, "map_sum"))
+    raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+
+
+def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
+    """Bilinear half-pixel resize of the [B,h,w] map to [B,H,W], min-max normalised per image."""
     batch = b.slice(b.shape(cam_map), [0], [1], [0], hint="batch")
     sizes = b.op("Concat", [batch, b.ints([1, *input_hw], "heatmap_size")], "resize_sizes", axis=0)
-    resized = b.op(
-        "Resize", [b.unsqueeze(cam_map, [1]), "", "", sizes], "resized",
-        mode="linear", coordinate_transformation_mode="half_pixel",
-    )
+    resized = b.op("Resize", [b.unsqueeze(cam_map, [1]), "", "", sizes], "resized",
+                   mode="linear", coordinate_transformation_mode="half_pixel")
     resized = b.squeeze(resized, [1], "resized_3d")
     # Constancy is decided on the low-resolution map: resizing a constant map is not exactly constant
     # in float32, and normalising that rounding noise would invent structure.
+    zero = b.const(np.float32(0.0), "zero_f32")
     map_low = b.reduce("ReduceMin", cam_map, [1, 2], keepdims=True, hint="lowres_min")
     map_high = b.reduce("ReduceMax", cam_map, [1, 2], keepdims=True, hint="lowres_max")
-    zero = b.const(np.float32(0.0), "zero_f32")
     varies = b.op("Greater", [b.op("Sub", [map_high, map_low]), zero], "map_varies")
     low = b.reduce("ReduceMin", resized, [1, 2], keepdims=True, hint="map_min")
     high = b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max")
@@ -62,23 +138,40 @@ def cam_outputs(b: GraphBuilder, activations: str, multipliers: str, target_shap
     usable = b.op("And", [varies, b.op("Greater", [span, zero])], "span_usable")
     safe_span = b.op("Where", [usable, span, b.const(np.float32(1.0), "one_f32")], "safe_span")
     normalised = b.op("Div", [b.op("Sub", [resized, low]), safe_span], "normalised")
-    b.op_named("Where", [usable, normalised, zero], contract.OUTPUT_HEATMAP)
+    return b.op("Where", [usable, normalised, zero], "heatmap")
 
 
-def output_infos(num_classes: int, target_shape, input_hw, raw: bool) -> list[onnx.ValueInfoProto]:
-    """Value infos of the contract outputs (batch dimension ``N`` first)."""
-    k, h, w = target_shape
+def fused_heatmap(b: GraphBuilder, heatmaps: list[str]) -> str:
+    """Mean of the per-layer heatmaps, min-max normalised again (0 where constant)."""
+    mean = b.op("Mul", [b.op("Sum", heatmaps, "heatmap_sum"), b.const(np.float32(1.0 / len(heatmaps)), "inv_layers")])
+    axes = [-2, -1]
+    low = b.reduce("ReduceMin", mean, axes, True, "fused_min")
+    span = b.op("Sub", [b.reduce("ReduceMax", mean, axes, True, "fused_max"), low], "fused_span")
+    zero = b.const(np.float32(0.0), "zero_f32")
+    varies = b.op("Greater", [span, zero])
+    safe = b.op("Where", [varies, span, b.const(np.float32(1.0), "one_f32")])
+    return b.op_named("Where", [varies, b.op("Div", [b.op("Sub", [mean, low]), safe]), zero], contract.OUTPUT_HEATMAP)
+
+
+def output_infos(num_classes: int, layers, input_hw, raw: bool, top_k: int | None, fused: bool) -> list[onnx.ValueInfoProto]:
+    """Value infos of the contract outputs (batch dimension ``N`` first, then ``k`` with top-k)."""
+    lead = ["N"] if top_k is None else ["N", top_k]
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     infos = [
         helper.make_tensor_value_info(contract.OUTPUT_LOGITS, f32, ["N", num_classes]),
-        helper.make_tensor_value_info(contract.OUTPUT_CLASS, i64, ["N"]),
-        helper.make_tensor_value_info(contract.OUTPUT_COEFFICIENTS, f32, ["N", k]),
-        helper.make_tensor_value_info(contract.OUTPUT_MAP, f32, ["N", h, w]),
-        helper.make_tensor_value_info(contract.OUTPUT_HEATMAP, f32, ["N", *input_hw]),
+        helper.make_tensor_value_info(contract.OUTPUT_CLASS, i64, lead),
     ]
-    if raw:
+    for names, (k, h, w) in layers:
         infos += [
-            helper.make_tensor_value_info(contract.OUTPUT_ACTIVATIONS, f32, ["N", k, h, w]),
-            helper.make_tensor_value_info(contract.OUTPUT_MULTIPLIERS, f32, ["N", k, h, w]),
+            helper.make_tensor_value_info(names.OUTPUT_COEFFICIENTS, f32, [*lead, k]),
+            helper.make_tensor_value_info(names.OUTPUT_MAP, f32, [*lead, h, w]),
+            helper.make_tensor_value_info(names.OUTPUT_HEATMAP, f32, [*lead, *input_hw]),
         ]
+        if raw:
+            infos += [
+                helper.make_tensor_value_info(names.OUTPUT_ACTIVATIONS, f32, ["N", k, h, w]),
+                helper.make_tensor_value_info(names.OUTPUT_MULTIPLIERS, f32, [*lead, k, h, w]),
+            ]
+    if fused:
+        infos.append(helper.make_tensor_value_info(contract.OUTPUT_HEATMAP, f32, [*lead, *input_hw]))
     return infos

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -15,7 +15,7 @@ from onnxcam import contract
 from onnxcam._version import __version__
 from onnxcam.exporters.batch import make_batch_dynamic
 from onnxcam.exporters.builder import GraphBuilder
-from onnxcam.exporters.cam import cam_outputs, class_and_seed, output_infos
+from onnxcam.exporters.cam import METHODS, Names, cam_outputs, class_and_seed, fused_heatmap, output_infos
 from onnxcam.exporters.errors import ExportError
 from onnxcam.exporters.graph import (
     GraphIndex,
@@ -29,7 +29,7 @@ from onnxcam.exporters.graph import (
 )
 from onnxcam.exporters.layers import LayerInfo, auto_target, candidates
 from onnxcam.exporters.reference import probe, reference_pass, static_input_shape
-from onnxcam.exporters.rules.context import SweepState
+from onnxcam.exporters.rules.context import DEEPLIFT, GRADIENT, SweepState
 from onnxcam.exporters.sweep import missing_rules, reverse_sweep, unsupported
 
 log = logging.getLogger("onnxcam")
@@ -58,28 +58,39 @@ def _float_shapes(proto: onnx.ModelProto, image, input_shape, index: GraphIndex)
 
 def export(
     model: str | os.PathLike | onnx.ModelProto,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     *,
     output: str | None = None,
+    method: str = contract.METHOD_LIFTCAM,
+    top_k: int | None = None,
     raw: bool = False,
     preprocessing: str | Mapping | None = None,
     input_size: tuple[int, int] | None = None,
     source: str | None = None,
     class_names: "list[str] | str | os.PathLike | None" = None,
+    fuse: bool = True,
 ) -> onnx.ModelProto:
-    """Rewrite a CNN classifier into a graph that also emits its LIFT-CAM explanation.
+    """Rewrite a CNN classifier into a graph that also emits its class-activation explanation.
 
-    For the target activations ``A`` and the head ``F`` with logits ``y = F(A)``, the graph computes
-    DeepLIFT (Rescale) multipliers ``m = ∂ᴰᴸ y_c / ∂A`` against the reference ``A' = 0`` (folded into
-    constants at export), coefficients ``φ_k = Σ_ij A_kij m_kij`` and the map ``ReLU(Σ_k φ_k A_k)``;
-    see :mod:`onnxcam.contract` for the added inputs and outputs.
+    For the target activations ``A`` and the head ``F`` with logits ``y = F(A)``, the LIFT-CAM graph
+    computes DeepLIFT (Rescale) multipliers ``m = ∂ᴰᴸ y_c / ∂A`` against the reference ``A' = 0``
+    (folded into constants at export), coefficients ``φ_k = Σ_ij A_kij m_kij`` and the map
+    ``ReLU(Σ_k φ_k A_k)``; the Grad-CAM family uses the same sweep with plain gradients
+    (:mod:`onnxcam.exporters.cam` lists the formulas). :mod:`onnxcam.contract` documents the added
+    inputs and outputs.
 
     Args:
         model: path to an ``.onnx`` file or a ``ModelProto`` (not modified).
-        target: name of the target tensor, or ``None``/``"auto"`` for the last 4-D activation
-            before the classifier's spatial reduction (:func:`onnxcam.exporters.layers.auto_target`).
+        target: name of the target tensor, ``None``/``"auto"`` for the last 4-D activation before the
+            classifier's spatial reduction, or a list of names: one graph explaining several layers,
+            with per-layer outputs suffixed ``_0``, ``_1``… and, with ``fuse``, a fused
+            ``onnxcam_heatmap`` (per-pixel mean of the layers' heatmaps, renormalised).
         output: the graph output to explain (default: the first). If it comes from a final
             Softmax/LogSoftmax, its input (the logits) is explained.
+        method: ``liftcam`` (default), ``gradcam``, ``gradcam++``, ``xgradcam``, ``hirescam``, ``layercam``.
+        top_k: explain the ``k`` highest-scoring classes of every image in one run: outputs gain a ``k``
+            axis after ``N`` and ``onnxcam_target`` becomes ``[N, k]`` (negative = that rank's class).
+            Only the reverse sweep runs ``k`` times; the forward pass runs once.
         raw: also emit ``onnxcam_activations`` and ``onnxcam_multipliers``.
         preprocessing: a preset name from :data:`onnxcam.contract.PREPROCESSING_PRESETS` or a dict
             with the keys of :data:`onnxcam.contract.PREPROCESSING_KEYS`, stored in the metadata.
@@ -96,6 +107,10 @@ def export(
         >>> cam = onnxcam.export("resnet20.onnx", preprocessing="cifar10")  # doctest: +SKIP
         >>> onnxcam.save(cam, "resnet20.cam.onnx")  # doctest: +SKIP
     """
+    if method not in METHODS:
+        raise ExportError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ExportError(f"top_k must be a positive int, got {top_k!r}")
     prep = _preprocessing(preprocessing)
     names = _class_names(class_names)
     if source is None and not isinstance(model, onnx.ModelProto):
@@ -103,57 +118,86 @@ def export(
     proto, image, input_shape = _prepare(model, input_size)
     index = GraphIndex.build(proto)
     output_name, logits = explained_tensor(index, output)
-    if target in (None, "auto"):
+    targets = [target] if target is None or isinstance(target, str) else list(target)
+    if not targets:
+        raise ExportError("target is an empty list; pass a tensor name, a list of names, or None")
+    if any(t in (None, "auto") for t in targets):
         shapes, _ = _float_shapes(proto, image, input_shape, index)
-        target = auto_target(index, logits, image.name, shapes)
-        log.info("automatic target layer: %s", target)
-    head = split_head(index, target, logits, image.name)
-    missing = missing_rules(head.nodes)
-    if missing:
-        node = next(n for n in head.nodes if (n.name or n.output[0]) == missing[0][0])
-        raise unsupported(missing[0][0], node.op_type, node.domain)
+        chosen = auto_target(index, logits, image.name, shapes)
+        log.info("automatic target layer: %s", chosen)
+        targets = [chosen if t in (None, "auto") else t for t in targets]
+    if len(set(targets)) != len(targets):
+        raise ExportError(f"target layers repeat: {targets}")
 
-    probed = probe(proto, image, [target, logits], input_shape)
-    activations, scores = probed[target], probed[logits]
-    if activations.ndim != 4:
-        raise ExportError(f"target {target!r} has shape {list(activations.shape)}; LIFT-CAM needs a 4-D activation [N, K, h, w]")
-    if activations.dtype != np.float32 or scores.dtype != np.float32:
-        raise ExportError(f"target {target!r} is {activations.dtype} and logits {logits!r} are {scores.dtype}; float32 is required")
-    if scores.ndim != 2:
-        raise ExportError(f"the explained output {logits!r} has shape {list(scores.shape)}; expected logits [N, C]")
-    target_shape = tuple(int(d) for d in activations.shape[1:])
+    heads = []
+    for tensor in targets:
+        head = split_head(index, tensor, logits, image.name)
+        missing = missing_rules(head.nodes)
+        if missing:
+            node = next(n for n in head.nodes if (n.name or n.output[0]) == missing[0][0])
+            raise unsupported(missing[0][0], node.op_type, node.domain)
+        heads.append(head)
+
+    probed = probe(proto, image, [*targets, logits], input_shape)
+    scores = probed[logits]
+    if scores.dtype != np.float32 or scores.ndim != 2:
+        raise ExportError(f"the explained output {logits!r} is {scores.dtype} {list(scores.shape)}; expected float32 logits [N, C]")
     num_classes = int(scores.shape[1])
+    if top_k is not None and top_k > num_classes:
+        raise ExportError(f"top_k={top_k} exceeds the {num_classes} classes of {logits!r}")
     if names is not None and len(names) != num_classes:
         raise ExportError(f"class_names has {len(names)} names but the explained output {logits!r} has {num_classes} classes")
+    shapes = []
+    for tensor in targets:
+        activations = probed[tensor]
+        if activations.ndim != 4:
+            raise ExportError(f"target {tensor!r} has shape {list(activations.shape)}; a CAM needs a 4-D activation [N, K, h, w]")
+        if activations.dtype != np.float32:
+            raise ExportError(f"target {tensor!r} is {activations.dtype}; float32 is required")
+        shapes.append(tuple(int(d) for d in activations.shape[1:]))
 
-    reference = reference_pass(proto, image, head, input_shape, target_shape)
     builder = GraphBuilder(proto, default_opset(proto))
-    state = SweepState(builder, index, head, reference)
     builder.op_named("Identity", [logits], contract.OUTPUT_LOGITS)
-    _, seed = class_and_seed(builder, logits, num_classes)
-    multipliers = reverse_sweep(state, seed)
-    cam_outputs(builder, target, multipliers, target_shape, input_shape[1:])
-    if raw:
-        builder.op_named("Identity", [target], contract.OUTPUT_ACTIVATIONS)
-        builder.op_named("Identity", [multipliers], contract.OUTPUT_MULTIPLIERS)
+    _, seed = class_and_seed(builder, logits, num_classes, top_k)
+    multi = len(targets) > 1
+    layer_names, heatmaps = [], []
+    mode = DEEPLIFT if METHODS[method] else GRADIENT
+    for i, (head, target_shape) in enumerate(zip(heads, shapes)):
+        reference = reference_pass(proto, image, head, input_shape, target_shape)
+        state = SweepState(builder, index, head, reference, mode=mode, tile=top_k or 1)
+        sweep = reverse_sweep(state, seed)
+        names_i = Names(f"_{i}" if multi else "")
+        heatmaps.append(cam_outputs(builder, state.runtime(head.target), sweep, target_shape, input_shape[1:],
+                                    method, names_i, top_k))
+        if raw:
+            builder.op_named("Identity", [head.target], names_i.OUTPUT_ACTIVATIONS)
+            lead = [-1] if top_k is None else [-1, top_k]
+            builder.op_named("Reshape", [sweep, builder.ints([*lead, *target_shape], "raw_shape")], names_i.OUTPUT_MULTIPLIERS)
+        layer_names.append((names_i, target_shape))
+    fused = multi and fuse
+    if fused:
+        fused_heatmap(builder, heatmaps)
 
     graph = proto.graph
     graph.node.extend(builder.nodes)
     graph.initializer.extend(builder.initializers)
-    graph.input.append(onnx.helper.make_tensor_value_info(contract.INPUT_TARGET, onnx.TensorProto.INT64, ["N"]))
-    graph.output.extend(output_infos(num_classes, target_shape, input_shape[1:], raw))
-    outputs = list(contract.STANDARD_OUTPUTS) + (list(contract.RAW_OUTPUTS) if raw else [])
+    target_dims = ["N"] if top_k is None else ["N", top_k]
+    graph.input.append(onnx.helper.make_tensor_value_info(contract.INPUT_TARGET, onnx.TensorProto.INT64, target_dims))
+    infos = output_infos(num_classes, layer_names, input_shape[1:], raw, top_k, fused)
+    graph.output.extend(infos)
     meta = {
         contract.META_VERSION: __version__,
-        contract.META_METHOD: contract.METHOD_LIFTCAM,
+        contract.META_METHOD: method,
         contract.META_INPUT: image.name,
         contract.META_INPUT_SHAPE: json.dumps(list(input_shape)),
-        contract.META_TARGET: target,
-        contract.META_TARGET_SHAPE: json.dumps(list(target_shape)),
+        contract.META_TARGET: targets[0] if not multi else json.dumps(targets),
+        contract.META_TARGET_SHAPE: json.dumps(list(shapes[0]) if not multi else [list(s) for s in shapes]),
         contract.META_EXPLAINED: logits,
         contract.META_NUM_CLASSES: str(num_classes),
-        contract.META_OUTPUTS: json.dumps(outputs),
+        contract.META_OUTPUTS: json.dumps([i.name for i in infos]),
     }
+    if top_k is not None:
+        meta[contract.META_TOP_K] = str(top_k)
     if prep is not None:
         meta[contract.META_PREPROCESSING] = json.dumps(prep)
     if source:
@@ -170,7 +214,7 @@ def export(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # a bug in onnxcam, not in the user's model
         raise ExportError(f"internal error: the exported graph fails onnx.checker: {exc}") from exc
-    log.info("explained output %s (tensor %s), target %s %s", output_name, logits, target, target_shape)
+    log.info("explained output %s (tensor %s), targets %s %s, method %s", output_name, logits, targets, shapes, method)
     return proto
 
 

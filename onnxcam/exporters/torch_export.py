@@ -25,6 +25,8 @@ def export_torch(
     example_input,
     target_layer=None,
     *,
+    method: str = "liftcam",
+    top_k: int | None = None,
     raw: bool = False,
     preprocessing: str | Mapping | None = None,
     opset: int = 17,
@@ -39,7 +41,7 @@ def export_torch(
         example_input: a float32 tensor ``[N, C, H, W]``; H and W are fixed in the export, N is dynamic.
         target_layer: the submodule whose output is the target activation ``A`` (e.g. ``model.layer4``),
             or ``None`` for the automatic choice of :func:`onnxcam.export`.
-        raw, preprocessing, source: as for :func:`onnxcam.export`.
+        method, top_k, raw, preprocessing, source: as for :func:`onnxcam.export`.
         opset: ONNX opset for ``torch.onnx.export`` (>= 17).
 
     Example:
@@ -82,7 +84,8 @@ def export_torch(
         if wrapper.calls != 1:
             raise ExportError(f"target_layer ran {wrapper.calls} times in one forward pass; pick a module used once")
         target = _detach_capture(proto, layer_name)
-    return export(proto, target, raw=raw, preprocessing=preprocessing, source=source or type(module).__name__)
+    return export(proto, target, method=method, top_k=top_k, raw=raw, preprocessing=preprocessing,
+                  source=source or type(module).__name__)
 
 
 class _Capture:
