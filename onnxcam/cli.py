@@ -21,8 +21,16 @@ def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="rewrite an ONNX classifier into a graph that also returns LIFT-CAM heatmaps",
                        description="Rewrite MODEL.onnx into one ONNX graph that also returns LIFT-CAM explanations.")
     p.add_argument("model", help="source .onnx model")
-    p.add_argument("--layer", default="auto", help="target tensor name, or 'auto' (default) for the last 4-D activation "
-                   "before the classifier's spatial reduction; `onnxcam layers MODEL` lists candidates")
+    p.add_argument("--layer", action="append", default=None, metavar="TENSOR",
+                   help="target tensor name, or 'auto' (default) for the last 4-D activation before the classifier's "
+                   "spatial reduction; repeat for several layers in one graph (outputs suffixed _0, _1, … plus a "
+                   "fused onnxcam_heatmap); `onnxcam layers MODEL` lists candidates")
+    p.add_argument("--method", default="liftcam", choices=["liftcam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"],
+                   help="explanation method (default liftcam)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="explain the K highest-scoring classes of every image in one run (outputs gain a K axis)")
+    p.add_argument("--no-fuse", action="store_true", help="with several --layer, do not emit the fused heatmap")
+    p.add_argument("--fp16", action="store_true", help="convert the model to float16 first (inputs/outputs stay float32)")
     p.add_argument("-o", "--output", required=True, help="where to write the exported model (e.g. model.cam.onnx)")
     p.add_argument("--explain-output", default=None, help="graph output to explain (default: the first)")
     p.add_argument("--raw", action="store_true", help="also emit onnxcam_activations and onnxcam_multipliers")
@@ -50,13 +58,15 @@ def _run_export(args) -> int:
             print(f"error: --preprocessing is not valid JSON: {exc}", file=sys.stderr)
             return 2
     start = time.perf_counter()
-    model = export(args.model, None if args.layer == "auto" else args.layer, output=args.explain_output,
-                   raw=args.raw, preprocessing=prep, class_names=args.labels,
+    layers = args.layer or ["auto"]
+    target = None if layers == ["auto"] else (layers[0] if len(layers) == 1 else layers)
+    model = export(args.model, target, output=args.explain_output, method=args.method, top_k=args.top_k,
+                   raw=args.raw, preprocessing=prep, class_names=args.labels, fuse=not args.no_fuse, fp16=args.fp16,
                    input_size=tuple(args.input_size) if args.input_size else None)
     save(model, args.output, overwrite=args.overwrite)
     meta = {p.key: p.value for p in model.metadata_props}
     print(f"target layer: {meta['onnxcam.target_layer']} {meta['onnxcam.target_shape']}"
-          f"{' (chosen automatically)' if args.layer == 'auto' else ''}")
+          f"{' (chosen automatically)' if layers == ['auto'] else ''}; method: {meta['onnxcam.method']}")
     print(f"explained output: {meta['onnxcam.explained_output']} ({meta['onnxcam.num_classes']} classes)")
     print(f"wrote {args.output} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -185,10 +185,18 @@ def explained_tensor(index: GraphIndex, output: str | None) -> tuple[str, str]:
         raise ExportError(f"output {output!r} is not a graph output; the model's outputs are: {', '.join(outputs)}")
     tensor = output
     node = index.producer.get(tensor)
-    while node is not None and node.op_type in PROBABILITY_OPS | {"Identity"}:
+    while node is not None and (node.op_type in PROBABILITY_OPS | {"Identity"} or _float_cast(index, node)):
         tensor = node.input[0]
         node = index.producer.get(tensor)
     return output, tensor
+
+
+def _float_cast(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """A Cast to a float type (e.g. the float16 → float32 Cast at a converted model's output)."""
+    if node.op_type != "Cast":
+        return False
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    return to in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
 @dataclass

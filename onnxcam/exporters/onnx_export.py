@@ -28,6 +28,7 @@ from onnxcam.exporters.graph import (
     upgrade_opset,
 )
 from onnxcam.exporters.layers import LayerInfo, auto_target, candidates
+from onnxcam.exporters.precision import to_float16
 from onnxcam.exporters.reference import probe, reference_pass, static_input_shape
 from onnxcam.exporters.rules.context import DEEPLIFT, GRADIENT, SweepState
 from onnxcam.exporters.sweep import missing_rules, reverse_sweep, unsupported
@@ -69,6 +70,7 @@ def export(
     source: str | None = None,
     class_names: "list[str] | str | os.PathLike | None" = None,
     fuse: bool = True,
+    fp16: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite a CNN classifier into a graph that also emits its class-activation explanation.
 
@@ -98,6 +100,9 @@ def export(
         source: free text stored as ``onnxcam.source`` (default: the file name).
         class_names: the C class names (a list, or a JSON file holding one), stored in the metadata
             so that the runtime and the CLI can name predictions.
+        fuse: with several target layers, also emit the fused ``onnxcam_heatmap``.
+        fp16: convert a float32 model to float16 first (inputs and outputs stay float32). Float16
+            models export as they are; their reverse sweep and CAM tail run in float32.
 
     Returns:
         The exported ``ModelProto`` (checked with ``onnx.checker.check_model(full_check=True)``).
@@ -116,6 +121,8 @@ def export(
     if source is None and not isinstance(model, onnx.ModelProto):
         source = os.path.basename(os.fspath(model))
     proto, image, input_shape = _prepare(model, input_size)
+    if fp16:
+        proto = to_float16(proto)
     index = GraphIndex.build(proto)
     output_name, logits = explained_tensor(index, output)
     targets = [target] if target is None or isinstance(target, str) else list(target)
@@ -140,8 +147,8 @@ def export(
 
     probed = probe(proto, image, [*targets, logits], input_shape)
     scores = probed[logits]
-    if scores.dtype != np.float32 or scores.ndim != 2:
-        raise ExportError(f"the explained output {logits!r} is {scores.dtype} {list(scores.shape)}; expected float32 logits [N, C]")
+    if scores.dtype not in _FLOATS or scores.ndim != 2:
+        raise ExportError(f"the explained output {logits!r} is {scores.dtype} {list(scores.shape)}; expected float logits [N, C]")
     num_classes = int(scores.shape[1])
     if top_k is not None and top_k > num_classes:
         raise ExportError(f"top_k={top_k} exceeds the {num_classes} classes of {logits!r}")
@@ -152,25 +159,31 @@ def export(
         activations = probed[tensor]
         if activations.ndim != 4:
             raise ExportError(f"target {tensor!r} has shape {list(activations.shape)}; a CAM needs a 4-D activation [N, K, h, w]")
-        if activations.dtype != np.float32:
-            raise ExportError(f"target {tensor!r} is {activations.dtype}; float32 is required")
+        if activations.dtype not in _FLOATS:
+            raise ExportError(f"target {tensor!r} is {activations.dtype}; float32 or float16 is required")
         shapes.append(tuple(int(d) for d in activations.shape[1:]))
 
     builder = GraphBuilder(proto, default_opset(proto))
-    builder.op_named("Identity", [logits], contract.OUTPUT_LOGITS)
-    _, seed = class_and_seed(builder, logits, num_classes, top_k)
+    if scores.dtype == np.float32:
+        logits32 = builder.op_named("Identity", [logits], contract.OUTPUT_LOGITS)
+    else:
+        logits32 = builder.op_named("Cast", [logits], contract.OUTPUT_LOGITS, to=onnx.TensorProto.FLOAT)
+    _, seed = class_and_seed(builder, logits32, num_classes, top_k)
     multi = len(targets) > 1
     layer_names, heatmaps = [], []
     mode = DEEPLIFT if METHODS[method] else GRADIENT
     for i, (head, target_shape) in enumerate(zip(heads, shapes)):
-        reference = reference_pass(proto, image, head, input_shape, target_shape)
+        reference = reference_pass(proto, image, head, input_shape, target_shape, probed[head.target].dtype)
         state = SweepState(builder, index, head, reference, mode=mode, tile=top_k or 1)
         sweep = reverse_sweep(state, seed)
         names_i = Names(f"_{i}" if multi else "")
         heatmaps.append(cam_outputs(builder, state.runtime(head.target), sweep, target_shape, input_shape[1:],
                                     method, names_i, top_k))
         if raw:
-            builder.op_named("Identity", [head.target], names_i.OUTPUT_ACTIVATIONS)
+            if probed[head.target].dtype == np.float32:
+                builder.op_named("Identity", [head.target], names_i.OUTPUT_ACTIVATIONS)
+            else:
+                builder.op_named("Cast", [head.target], names_i.OUTPUT_ACTIVATIONS, to=onnx.TensorProto.FLOAT)
             lead = [-1] if top_k is None else [-1, top_k]
             builder.op_named("Reshape", [sweep, builder.ints([*lead, *target_shape], "raw_shape")], names_i.OUTPUT_MULTIPLIERS)
         layer_names.append((names_i, target_shape))
@@ -216,6 +229,9 @@ def export(
         raise ExportError(f"internal error: the exported graph fails onnx.checker: {exc}") from exc
     log.info("explained output %s (tensor %s), targets %s %s, method %s", output_name, logits, targets, shapes, method)
     return proto
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def _preprocessing(preprocessing) -> dict | None:

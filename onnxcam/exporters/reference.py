@@ -72,6 +72,7 @@ def reference_pass(
     head: Head,
     input_shape: tuple[int, ...],
     target_shape: tuple[int, ...],
+    target_dtype: np.dtype = np.dtype(np.float32),
 ) -> ReferencePass:
     """Evaluate every head tensor with the target tensor set to zeros, at batch sizes 1 and 2."""
     cut = onnx.ModelProto()
@@ -80,10 +81,7 @@ def reference_pass(
         for i, out in enumerate(node.output):
             if out == head.target:
                 node.output[i] = head.target + _CUT_SUFFIX
-    target_type = next(
-        (v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output) if v.name == head.target),
-        onnx.TensorProto.FLOAT,
-    )
+    target_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(target_dtype))
     cut.graph.input.append(onnx.helper.make_tensor_value_info(head.target, target_type, ["N", *target_shape]))
     names = sorted((head.varying & _head_tensors(head)) | head.computed_inputs)
     del cut.graph.output[:]

@@ -14,7 +14,7 @@ from onnxcam.exporters.graph import GraphIndex, Head
 from onnxcam.exporters.reference import ReferencePass
 
 #: captum's threshold below which the Rescale rule falls back to the gradient.
-RESCALE_EPS = {np.dtype(np.float32): 1e-10, np.dtype(np.float64): 1e-10, np.dtype(np.float16): 1e-4}
+RESCALE_EPS = {np.dtype(np.float32): 1e-10, np.dtype(np.float64): 1e-10, np.dtype(np.float16): 1e-3}
 
 
 #: Sweep modes: DeepLIFT (Rescale / max-pool / Shapley-product rules) or the plain gradient.
@@ -40,21 +40,37 @@ class SweepState:
     _ref_names: dict[str, str] = field(default_factory=dict)
     _tiled: dict[str, str] = field(default_factory=dict)
 
+    def source_dtype(self, tensor: str) -> np.dtype:
+        if tensor in self.index.constants:
+            return self.index.constants[tensor].dtype
+        return self.reference.value(tensor).dtype
+
+    def compute_dtype(self, tensor: str) -> np.dtype:
+        """The sweep runs float16 models' multipliers in float32 (no fp16 kernels needed, no fp16 cancellation)."""
+        dtype = self.source_dtype(tensor)
+        return np.dtype(np.float32) if dtype == np.float16 else dtype
+
     def runtime(self, tensor: str) -> str:
-        """The forward tensor as the sweep sees it: repeated ``tile`` times per image if it varies."""
-        if self.tile == 1 or tensor not in self.head.varying:
-            return tensor
-        if tensor not in self._tiled:
-            b = self.builder
+        """The forward tensor as the sweep sees it: in the compute dtype, and repeated ``tile`` times per
+        image if it varies."""
+        key = tensor
+        if key in self._tiled:
+            return self._tiled[key]
+        b = self.builder
+        name = tensor
+        if self.source_dtype(tensor) == np.float16:
+            name = b.op("Cast", [name], "to_float32", to=onnx.TensorProto.FLOAT)
+        if self.tile > 1 and tensor in self.head.varying:
             rest = list(self.reference.value(tensor).shape[1:])
-            expanded = b.op("Expand", [b.unsqueeze(tensor, [1]), b.ints([1, self.tile] + [1] * len(rest), "tile_shape")], "tiled")
-            self._tiled[tensor] = b.op("Reshape", [expanded, b.ints([-1, *rest], "tiled_shape")], "tiled_flat")
-        return self._tiled[tensor]
+            expanded = b.op("Expand", [b.unsqueeze(name, [1]), b.ints([1, self.tile] + [1] * len(rest), "tile_shape")], "tiled")
+            name = b.op("Reshape", [expanded, b.ints([-1, *rest], "tiled_shape")], "tiled_flat")
+        self._tiled[key] = name
+        return name
 
     def reference_initializer(self, tensor: str) -> str:
         """Name of an initializer holding the reference value of ``tensor`` (created once)."""
         if tensor not in self._ref_names:
-            value = self.reference.value(tensor)
+            value = self.reference.value(tensor).astype(self.compute_dtype(tensor))
             self._ref_names[tensor] = self.builder.const(value, f"ref/{tensor}")
         return self._ref_names[tensor]
 
@@ -120,9 +136,12 @@ class RuleContext:
         return tuple(self.state.reference.value(name).shape)
 
     def dtype(self, name: str) -> np.dtype:
-        if name in self.state.index.constants:
-            return self.state.index.constants[name].dtype
-        return self.state.reference.value(name).dtype
+        """The dtype the sweep computes ``name``'s multipliers in (float32 for float16 tensors)."""
+        return self.state.compute_dtype(name)
+
+    def source_dtype(self, name: str) -> np.dtype:
+        """The tensor's dtype in the model (decides thresholds such as eps)."""
+        return self.state.source_dtype(name)
 
     def ref(self, name: str) -> str:
         """Initializer holding the reference value ``z'`` of tensor ``name``."""
@@ -132,7 +151,7 @@ class RuleContext:
         return self.state.reference.value(name)
 
     def eps(self, name: str) -> float:
-        return RESCALE_EPS.get(self.dtype(name), 1e-10)
+        return RESCALE_EPS.get(self.source_dtype(name), 1e-10)
 
     def const(self, value, hint: str, like: str | None = None) -> str:
         """A constant in the dtype of tensor ``like`` (default: the node's first input)."""

@@ -47,7 +47,7 @@ def rescale(ctx: RuleContext, g: str, derivative: Derivative, smooth: bool, piec
     dz = b.op("Sub", [z, z_ref], "dz")
     dy = b.op("Sub", [y, ctx.ref(y_name)], "dy")
     if smooth:
-        band = SMOOTH_BAND.get(ctx.dtype(z_name), 0.1) * np.maximum(1.0, np.abs(ctx.ref_value(z_name)))
+        band = SMOOTH_BAND.get(ctx.source_dtype(z_name), 0.1) * np.maximum(1.0, np.abs(ctx.ref_value(z_name)))
         threshold = b.const(band.astype(ctx.dtype(z_name)), "rescale_band")
         midpoint = b.op("Mul", [b.op("Add", [z, z_ref]), ctx.const(0.5, "half")], "midpoint")
         offset = b.op("Mul", [dz, ctx.const(0.5 / np.sqrt(3.0), "gauss_offset")], "gauss_offset")
@@ -174,7 +174,7 @@ def prelu(ctx: RuleContext, g: Multipliers) -> Multipliers:
 
     def derivative(c: RuleContext, p: str) -> str:
         positive = c.b.op("Greater", [p, c.const(0.0, "zero")])
-        return c.b.op("Where", [positive, c.const(1.0, "one"), c.input(1)], "prelu_slope")
+        return c.b.op("Where", [positive, c.const(1.0, "one"), c.value(c.input(1))], "prelu_slope")
 
     return _single(ctx, g, derivative, smooth=False, piece=_pieces(0.0))
 

@@ -119,7 +119,7 @@ def div(ctx: RuleContext, g: Multipliers) -> Multipliers:
     """``y = a / c`` with ``c`` constant: ``m_a = g / c``."""
     _only(ctx, {0})
     a, out = ctx.input(0), ctx.node.output[0]
-    return [unbroadcast(ctx, ctx.b.op("Div", [g[0], ctx.input(1)], "div_back"), a, out), None]
+    return [unbroadcast(ctx, ctx.b.op("Div", [g[0], ctx.value(ctx.input(1))], "div_back"), a, out), None]
 
 
 @register("Gemm")
@@ -128,7 +128,7 @@ def gemm(ctx: RuleContext, g: Multipliers) -> Multipliers:
     _only(ctx, {0})
     alpha = float(ctx.attr("alpha", 1.0))
     trans_a, trans_b = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
-    weight = ctx.input(1)
+    weight = ctx.value(ctx.input(1))
     # g·op(B)ᵀ: op(B)ᵀ is B when transB else Bᵀ.
     if trans_a:
         # m_A = (g·op(B)ᵀ)ᵀ = op(B)·gᵀ
@@ -146,7 +146,7 @@ def matmul(ctx: RuleContext, g: Multipliers) -> Multipliers:
     w_shape = ctx.shape(weight)
     if len(w_shape) != 2:
         raise ctx.error(f"MatMul by a constant of shape {list(w_shape)}: only 2-D constant right factors are supported")
-    w_t = ctx.b.op("Transpose", [weight], "matmul_wT", perm=[1, 0])
+    w_t = ctx.b.op("Transpose", [ctx.value(weight)], "matmul_wT", perm=[1, 0])
     return [ctx.b.op("MatMul", [g[0], w_t], "matmul_back"), None]
 
 
@@ -201,7 +201,7 @@ def conv(ctx: RuleContext, g: Multipliers) -> Multipliers:
     weight = ctx.input(1)
     kernel = ctx.attr("kernel_shape") or ctx.shape(weight)[2:]
     in_sp, out_sp, kernel, strides, dilations, pads_begin = _window_geometry(ctx, kernel)
-    grad = transpose_window(ctx, g[0], weight, kernel, strides, dilations, pads_begin, int(ctx.attr("group", 1)), in_sp, out_sp)
+    grad = transpose_window(ctx, g[0], ctx.value(weight), kernel, strides, dilations, pads_begin, int(ctx.attr("group", 1)), in_sp, out_sp)
     return [grad] + [None] * (len(ctx.node.input) - 1)
 
 
@@ -464,6 +464,6 @@ def conv_transpose(ctx: RuleContext, g: Multipliers) -> Multipliers:
     if any(crop):
         rank = 2 + n
         grad = ctx.b.pad(grad, [0] * rank + [0, 0] + [-c for c in crop], "convT_crop")
-    conv = ctx.b.op("Conv", [grad, weight], "convT_back", kernel_shape=kernel, strides=strides,
+    conv = ctx.b.op("Conv", [grad, ctx.value(weight)], "convT_back", kernel_shape=kernel, strides=strides,
                     dilations=dilations, pads=list(pads[:n]) + pads_end, group=int(ctx.attr("group", 1)))
     return [conv] + [None] * (len(ctx.node.input) - 1)
