@@ -153,12 +153,13 @@ def fused_heatmap(b: GraphBuilder, heatmaps: list[str]) -> str:
     return b.op_named("Where", [varies, b.op("Div", [b.op("Sub", [mean, low]), safe]), zero], contract.OUTPUT_HEATMAP)
 
 
-def output_infos(num_classes: int, layers, input_hw, raw: bool, top_k: int | None, fused: bool) -> list[onnx.ValueInfoProto]:
-    """Value infos of the contract outputs (batch dimension ``N`` first, then ``k`` with top-k)."""
-    lead = ["N"] if top_k is None else ["N", top_k]
+def output_infos(num_classes: int, layers, input_hw, raw: bool, top_k: int | None, fused: bool,
+                 batch: str = "N") -> list[onnx.ValueInfoProto]:
+    """Value infos of the contract outputs (the model's batch dimension first, then ``k`` with top-k)."""
+    lead = [batch] if top_k is None else [batch, top_k]
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     infos = [
-        helper.make_tensor_value_info(contract.OUTPUT_LOGITS, f32, ["N", num_classes]),
+        helper.make_tensor_value_info(contract.OUTPUT_LOGITS, f32, [batch, num_classes]),
         helper.make_tensor_value_info(contract.OUTPUT_CLASS, i64, lead),
     ]
     for names, (k, h, w) in layers:
@@ -169,7 +170,7 @@ def output_infos(num_classes: int, layers, input_hw, raw: bool, top_k: int | Non
         ]
         if raw:
             infos += [
-                helper.make_tensor_value_info(names.OUTPUT_ACTIVATIONS, f32, ["N", k, h, w]),
+                helper.make_tensor_value_info(names.OUTPUT_ACTIVATIONS, f32, [batch, k, h, w]),
                 helper.make_tensor_value_info(names.OUTPUT_MULTIPLIERS, f32, [*lead, k, h, w]),
             ]
     if fused:
