@@ -42,10 +42,10 @@ def logits_at_zero(source: onnx.ModelProto, target: str, logits: str, image_shap
     sess_full = session(_with_output(source, target))
     image = source.graph.input[0].name
     x = np.zeros((1, *image_shape), np.float32)
-    a_shape = sess_full.run([target], {image: x})[0].shape
-    cut.graph.input.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, list(a_shape)))
+    a = sess_full.run([target], {image: x})[0]
+    cut.graph.input.append(onnx.helper.make_tensor_value_info(target, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)))
     sess = session(_with_output(cut, logits))
-    return sess.run([logits], {image: x, target: np.zeros(a_shape, np.float32)})[0][0]
+    return sess.run([logits], {image: x, target: np.zeros_like(a)})[0][0].astype(np.float64)
 
 
 def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:

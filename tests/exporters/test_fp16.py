@@ -12,7 +12,7 @@ from onnx import numpy_helper
 import onnxcam
 from onnxcam import contract
 from onnxcam.exporters.precision import to_float16
-from tests.exporters.helpers import metadata, run_cam, session
+from tests.exporters.helpers import logits_at_zero, metadata, run_cam, session
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,6 @@ def test_float16_thresholds_suit_the_dtype(models_dir):
 
 def test_fp16_completeness_on_cifar(models_dir):
     """Σφ = y_c(A) − y_c(0) still holds to float16 accuracy (the logits are float16 values)."""
-    from tests.exporters.helpers import logits_at_zero
-
     path = models_dir / "cifar10_resnet20.onnx"
     target = "/layer2/layer2.2/Relu_1_output_0"
     half = to_float16(onnx.load(str(path)))
@@ -72,31 +70,9 @@ def test_fp16_completeness_on_cifar(models_dir):
     x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
     out = run_cam(session(cam), x)
     meta = metadata(cam)
-    y0 = _fp16_logits_at_zero(half, target, meta[contract.META_EXPLAINED])
+    y0 = logits_at_zero(half, target, meta[contract.META_EXPLAINED], (3, 32, 32))
     classes = out[contract.OUTPUT_CLASS]
     delta = out[contract.OUTPUT_LOGITS][np.arange(8), classes] - y0[classes]
     scale = np.maximum(np.abs(delta), np.abs(out[contract.OUTPUT_LOGITS]).max(axis=1))
     assert np.max(np.abs(out[contract.OUTPUT_COEFFICIENTS].sum(axis=1) - delta) / scale) <= 1e-2
     assert json.loads(meta[contract.META_INPUT_SHAPE]) == [3, 32, 32]
-
-
-def _fp16_logits_at_zero(model, target, logits):
-    import onnxruntime as ort
-
-    cut = onnx.ModelProto()
-    cut.CopyFrom(model)
-    for node in cut.graph.node:
-        for i, out in enumerate(node.output):
-            if out == target:
-                node.output[i] = target + "__replaced"
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.append(onnx.ValueInfoProto(name=target))
-    x = np.zeros((1, 3, 32, 32), np.float32)
-    a = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    cut.graph.input.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT16, list(a.shape)))
-    del cut.graph.output[:]
-    cut.graph.output.append(onnx.ValueInfoProto(name=logits))
-    sess = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x, target: np.zeros_like(a)})[0][0].astype(np.float64)
