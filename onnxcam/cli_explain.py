@@ -7,10 +7,28 @@ Usage::
                     [--preprocessing PRESET|FILE.json] [--threads T]
 
 For each image ``DIR/<name>_heatmap.png``, ``DIR/<name>_overlay.png`` and ``DIR/<name>.json`` are
-written, where ``<name>`` is the file's stem (``<stem>_2``, ``<stem>_3``... for later inputs whose stem
-is already taken, case-insensitively, in input order). Exit status: 0 when every image was
-explained, 1 when some image failed (it is reported on stderr and skipped), 2 for usage errors
-(nothing is written).
+written, where ``<name>`` is the file's stem (``<stem>_2``, ``<stem>_3``... for later inputs whose stem,
+or one of whose output files, is already taken, case-insensitively, in input order). Exit status:
+0 when every image was explained, 1 when some image failed (it is reported on stderr and skipped),
+2 for usage errors (nothing is written).
+
+Models explaining several target layers also get ``<name>_layer{i}_heatmap.png`` per layer ``i``
+(0-based, the model's order); ``<name>_heatmap.png``/``_overlay.png`` then show the fused heatmap
+(the first layer's when the model was exported without fusion). Top-k models explain the k best
+classes of each image: ``<name>_top{r}_heatmap.png`` and ``<name>_top{r}_overlay.png`` for r = 1..k
+(and ``<name>_top{r}_layer{i}_heatmap.png`` with several layers) instead; ``--class`` is refused for
+them (they explain the k highest-scoring classes, not a chosen one).
+
+``<name>.json`` holds ``input``, ``top5`` (``index``, ``name``, ``logit``, ``probability``) and the
+run's settings (``model``, ``method``, ``target_layer`` (null with several layers),
+``target_layers``, ``top_k`` (null unless top-k), ``fused``, ``requested_class``, versions,
+providers, ``input_shape``, ``preprocessing``), plus
+
+* one class per image: ``explained_class`` (as a ``top5`` entry), ``heatmap``, ``overlay`` (file
+  names) and, with several layers, ``layer_heatmaps`` (``[{"layer": i, "target_layer": name,
+  "heatmap": file}]``);
+* top-k: ``explained_classes``, one entry per rank: ``{"rank": r (1-based), index, name, logit,
+  probability, "heatmap", "overlay"}`` (and ``layer_heatmaps``), best first.
 
 Only the runtime (numpy, OpenCV, onnxruntime) is imported; never onnx or torch.
 """
@@ -48,7 +66,9 @@ def add_explain_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
         description=(
             "Explain images with an onnxcam-exported model: for each image write <name>_heatmap.png "
             "(colourised heatmap), <name>_overlay.png (heatmap over the image the model saw) and "
-            "<name>.json (top-5 predictions and what was explained) into --out."
+            "<name>.json (top-5 predictions and what was explained) into --out. Models with several "
+            "target layers also get <name>_layer{i}_heatmap.png per layer (the main heatmap is then the "
+            "fused one); top-k models get <name>_top{r}_heatmap.png and _overlay.png for r = 1..k instead."
         ),
     )
     p.add_argument("model", metavar="MODEL.cam.onnx", help="a model exported with `onnxcam export`")
@@ -66,7 +86,8 @@ def add_explain_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
         type=int,
         default=None,
         metavar="N",
-        help="class index to explain for every image (default: each image's predicted class)",
+        help="class index to explain for every image (default: each image's predicted class); "
+        "refused for top-k models, which explain their k best classes",
     )
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per session run (default 16)")
     p.add_argument(
@@ -128,35 +149,57 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return files
 
 
-def output_names(paths: Sequence[str]) -> list[str]:
+def output_names(paths: Sequence[str], suffixes: Sequence[str] = ("",)) -> list[str]:
     """A distinct output base name per input: its stem, or ``<stem>_<k>`` (k = 2, 3, ...) when taken.
 
-    Comparison is case-insensitive (safe on case-insensitive file systems); a suffixed name never
-    takes the plain stem of another input. Deterministic for a given input order.
+    ``suffixes`` are what the output files append to the base name (e.g. ``".json"``,
+    ``"_layer0_heatmap.png"``): a name is taken when one of its files is another input's file, so
+    that ``a.png`` and ``a_layer0.png`` never write the same ``a_layer0_heatmap.png``. Comparison is
+    case-insensitive (safe on case-insensitive file systems); a suffixed name never takes a file of
+    another input's plain stem. Deterministic for a given input order.
     """
     stems = [os.path.splitext(os.path.basename(p))[0] or "image" for p in paths]
-    natural = {s.casefold() for s in stems}
+
+    def files(name: str) -> set[str]:
+        return {(name + suffix).casefold() for suffix in suffixes}
+
+    natural = set().union(*(files(s) for s in stems))
     taken: set[str] = set()
     names: list[str] = []
     for stem in stems:
         name = stem
-        if name.casefold() in taken:
+        if files(name) & taken:
             k = 2
-            while f"{stem}_{k}".casefold() in taken or f"{stem}_{k}".casefold() in natural:
+            while files(f"{stem}_{k}") & (taken | natural):
                 k += 1
             name = f"{stem}_{k}"
-        taken.add(name.casefold())
+        taken |= files(name)
         names.append(name)
     return names
 
 
 def output_files(out_dir: str, name: str) -> tuple[str, str, str]:
-    """``(heatmap, overlay, json)`` paths for one output base name."""
+    """``(heatmap, overlay, json)`` paths for one output base name (a single-class model)."""
     return (
         os.path.join(out_dir, f"{name}_heatmap.png"),
         os.path.join(out_dir, f"{name}_overlay.png"),
         os.path.join(out_dir, f"{name}.json"),
     )
+
+
+def image_prefixes(top_k: Optional[int]) -> list[str]:
+    """The infix of each explained class's files: ``[""]``, or ``["_top1", ..., "_top{k}"]`` for top-k."""
+    return [""] if top_k is None else [f"_top{r}" for r in range(1, top_k + 1)]
+
+
+def file_suffixes(top_k: Optional[int], num_layers: int) -> list[str]:
+    """Everything appended to an output base name, for a model with ``top_k`` and ``num_layers``."""
+    suffixes = [".json"]
+    for prefix in image_prefixes(top_k):
+        suffixes += [f"{prefix}_heatmap.png", f"{prefix}_overlay.png"]
+        if num_layers > 1:
+            suffixes += [f"{prefix}_layer{i}_heatmap.png" for i in range(num_layers)]
+    return suffixes
 
 
 def _current_umask() -> int:
@@ -335,11 +378,20 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
         )
     num_classes = explainer.num_classes
     names = _load_labels(args.labels, num_classes) if args.labels else explainer.class_names
+    top_k = explainer.top_k
+    if args.target_class is not None and top_k is not None:
+        raise UsageError(
+            f"--class is not supported for a top-k model: {args.model} was exported with top_k={top_k} and "
+            f"explains the {top_k} highest-scoring classes of every image; export without --top-k to "
+            "explain a chosen class"
+        )
     if args.target_class is not None and not 0 <= args.target_class < num_classes:
         raise UsageError(f"--class {args.target_class} is out of range [0, {num_classes})")
 
-    bases = output_names(paths)
-    planned = [output_files(args.out, b) for b in bases]
+    num_layers = len(explainer.target_layers)
+    suffixes = file_suffixes(top_k, num_layers)
+    bases = output_names(paths, suffixes)
+    planned = [[os.path.join(args.out, b + suffix) for suffix in suffixes] for b in bases]
     clashes = [f for files in planned for f in files if os.path.lexists(f)]
     if clashes and not args.overwrite:
         shown = ", ".join(clashes[:_MAX_CLASHES_SHOWN])
@@ -355,10 +407,15 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
 
     mode = 0o666 & ~_current_umask()
     requested = [contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS, contract.OUTPUT_HEATMAP]
+    if num_layers > 1:
+        requested += [f"{contract.OUTPUT_HEATMAP}_{i}" for i in range(num_layers)]
     common = {
         "model": args.model,
         "target_layer": explainer.target_layer,
+        "target_layers": explainer.target_layers,
         "method": explainer.method,
+        "top_k": top_k,
+        "fused": explainer.fused,
         "requested_class": args.target_class,
         "onnxcam_version": __version__,
         "exported_with_onnxcam_version": explainer.version,
@@ -398,25 +455,38 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
         probs = expl.probabilities()
         top_idx, _ = expl.top_k(TOP_K)
         for j, i in enumerate(loaded):
-            heat_path, over_path, json_path = planned[i]
+            base = bases[i]
             try:
-                heat = expl.heatmaps[j]
-                heat_png = cv2.imencode(".png", colorize(heat, rgb=False))[1].tobytes()
                 shown = cv2.cvtColor(display[j], cv2.COLOR_RGB2BGR)
-                over_png = cv2.imencode(".png", overlay(shown, heat, alpha=args.alpha, rgb=False))[1].tobytes()
-                cls = int(expl.classes[j])
-                record = {
-                    "input": paths[i],
-                    "explained_class": _class_entry(cls, expl.logits[j], probs[j], names),
-                    "top5": [_class_entry(int(c), expl.logits[j], probs[j], names) for c in top_idx[j]],
-                    "heatmap": os.path.basename(heat_path),
-                    "overlay": os.path.basename(over_path),
-                    **common,
-                }
+                pngs: list[tuple[str, bytes]] = []  # (file name, content)
+                explained = []
+                for r, prefix in enumerate(image_prefixes(top_k)):
+                    one = expl[j].rank(r)
+                    heat = one.heatmaps[0]
+                    entry = _class_entry(int(one.classes[0]), expl.logits[j], probs[j], names)
+                    files: dict[str, Any] = {"heatmap": f"{base}{prefix}_heatmap.png", "overlay": f"{base}{prefix}_overlay.png"}
+                    pngs.append((files["heatmap"], cv2.imencode(".png", colorize(heat, rgb=False))[1].tobytes()))
+                    over = overlay(shown, heat, alpha=args.alpha, rgb=False)
+                    pngs.append((files["overlay"], cv2.imencode(".png", over)[1].tobytes()))
+                    if num_layers > 1:
+                        files["layer_heatmaps"] = []
+                        for li, layer in enumerate(one.layers):
+                            name = f"{base}{prefix}_layer{li}_heatmap.png"
+                            pngs.append((name, cv2.imencode(".png", colorize(layer.heatmaps[0], rgb=False))[1].tobytes()))
+                            files["layer_heatmaps"].append({"layer": li, "target_layer": layer.name, "heatmap": name})
+                    explained.append((entry, files))
+                top5 = [_class_entry(int(c), expl.logits[j], probs[j], names) for c in top_idx[j]]
+                if top_k is None:  # input, explained_class, top5, heatmap, overlay (, layer_heatmaps)
+                    entry, files = explained[0]
+                    record: dict[str, Any] = {"input": paths[i], "explained_class": entry, "top5": top5, **files}
+                else:
+                    ranks = [{"rank": r + 1, **e, **f} for r, (e, f) in enumerate(explained)]
+                    record = {"input": paths[i], "explained_classes": ranks, "top5": top5}
+                record.update(common)
                 text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
-                atomic_write(heat_path, heat_png, mode)
-                atomic_write(over_path, over_png, mode)
-                atomic_write(json_path, text.encode("utf-8"), mode)
+                for name, data in pngs:
+                    atomic_write(os.path.join(args.out, name), data, mode)
+                atomic_write(os.path.join(args.out, f"{base}.json"), text.encode("utf-8"), mode)
                 succeeded += 1
             except Exception as exc:
                 failed += 1

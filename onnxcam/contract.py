@@ -26,6 +26,20 @@ name                       dtype    shape       meaning
 ``onnxcam_activations``    float32  [N,K,h,w]   target-layer activations A (``raw=True`` only)
 ``onnxcam_multipliers``    float32  [N,K,h,w]   DeepLIFT multipliers dy_c/dA (``raw=True`` only)
 =========================  =======  ==========  ===============================================
+
+``N`` is the model's own batch axis (its ``dim_param``, e.g. ``"batch"``).
+
+Top-k models (``onnxcam.top_k`` = k): ``onnxcam_target`` is int64 ``[N, k]`` (a negative entry at
+rank r means the r-th highest-scoring class) and every per-class output gains a k axis after N:
+``onnxcam_class`` [N,k], ``onnxcam_coefficients`` [N,k,K], ``onnxcam_map`` [N,k,h,w],
+``onnxcam_heatmap`` [N,k,H,W], ``onnxcam_multipliers`` [N,k,K,h,w]; ``onnxcam_logits`` and
+``onnxcam_activations`` keep their shapes.
+
+Several target layers (``onnxcam.target_layer`` and ``onnxcam.target_shape`` are then JSON lists):
+the per-layer outputs (coefficients, map, heatmap, activations, multipliers) are suffixed ``_0``,
+``_1``... in the listed order, and ``onnxcam_heatmap`` (unsuffixed) is the fused heatmap, the
+per-pixel mean of the layers' heatmaps renormalised to [0, 1], present when ``onnxcam.outputs``
+lists it.
 """
 
 from __future__ import annotations

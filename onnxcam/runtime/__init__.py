@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from onnxcam.runtime.explainer import DEFAULT_OUTPUTS, META_CLASS_NAMES, Explainer, Explanation
+from onnxcam.runtime.explainer import DEFAULT_OUTPUTS, META_CLASS_NAMES, Explainer, Explanation, LayerExplanation
 from onnxcam.runtime.images import load_image, preprocess, validate_preprocessing
 from onnxcam.runtime.overlay import colorize, heatmap_to_uint8, overlay
 
@@ -21,6 +21,7 @@ __all__ = [
     "META_CLASS_NAMES",
     "Explainer",
     "Explanation",
+    "LayerExplanation",
     "colorize",
     "heatmap_to_uint8",
     "load_image",

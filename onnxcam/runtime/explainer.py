@@ -3,6 +3,15 @@
 Only the standard library, numpy, OpenCV, onnxruntime and :mod:`onnxcam.contract` are imported here
 (never onnx or torch), so a serving environment needs nothing else.
 
+Every kind of exported graph is handled:
+
+* any CAM method (``onnxcam.method``: liftcam, gradcam, gradcam++, xgradcam, hirescam, layercam);
+  the outputs are the same, :attr:`Explainer.method` says which;
+* top-k models (``onnxcam.top_k`` = k): one run explains the k highest-scoring classes of every
+  image; the per-class results gain a ``k`` axis after ``N`` (see :class:`Explanation`);
+* several target layers: per-layer results in :attr:`Explanation.layers`, and
+  :attr:`Explanation.heatmaps` is the fused heatmap when the model has one.
+
 Example::
 
     >>> from onnxcam.runtime import Explainer, overlay
@@ -18,8 +27,8 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -27,29 +36,32 @@ import onnxruntime as ort
 from onnxcam import contract
 from onnxcam.runtime.images import color_channels, load_image, preprocess, validate_preprocessing
 
-__all__ = ["DEFAULT_OUTPUTS", "META_CLASS_NAMES", "Explainer", "Explanation"]
+__all__ = ["DEFAULT_OUTPUTS", "META_CLASS_NAMES", "Explainer", "Explanation", "LayerExplanation"]
 
 #: Optional metadata key with the class names (JSON list of C strings). Not (yet) part of the
 #: graph contract; read when present.
 META_CLASS_NAMES = contract.META_CLASS_NAMES
 
-#: Outputs fetched by :meth:`Explainer.explain` when ``outputs`` is not given (plus the raw ones when
-#: the model has them).
+#: Outputs fetched by :meth:`Explainer.explain` from a single-layer model when ``outputs`` is not
+#: given (plus the raw ones when the model has them). A model with several target layers has
+#: per-layer outputs instead (``onnxcam_coefficients_0``...); :attr:`Explainer.outputs` lists them.
 DEFAULT_OUTPUTS = contract.STANDARD_OUTPUTS
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
-# Explanation field fed by each contract output.
-_FIELD_OF_OUTPUT = {
-    contract.OUTPUT_LOGITS: "logits",
-    contract.OUTPUT_CLASS: "classes",
-    contract.OUTPUT_COEFFICIENTS: "coefficients",
-    contract.OUTPUT_MAP: "maps",
-    contract.OUTPUT_HEATMAP: "heatmaps",
-    contract.OUTPUT_ACTIVATIONS: "activations",
-    contract.OUTPUT_MULTIPLIERS: "multipliers",
-}
+# Per-layer contract outputs (suffixed ``_0``, ``_1``... when a model has several target layers) and
+# the LayerExplanation / Explanation field each feeds, in contract order.
+_LAYER_OUTPUTS = (
+    (contract.OUTPUT_COEFFICIENTS, "coefficients"),
+    (contract.OUTPUT_MAP, "maps"),
+    (contract.OUTPUT_HEATMAP, "heatmaps"),
+    (contract.OUTPUT_ACTIVATIONS, "activations"),
+    (contract.OUTPUT_MULTIPLIERS, "multipliers"),
+)
+_LAYER_FIELDS = tuple(f for _, f in _LAYER_OUTPUTS)
+# Per-layer fields without the top-k ``k`` axis (the activations do not depend on the class).
+_UNRANKED_FIELDS = ("activations",)
 # Always fetched: an Explanation without the scores and the explained class makes no sense.
 _REQUIRED_OUTPUTS = (contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS)
 
@@ -60,23 +72,88 @@ _ORT_FLOAT_TYPES = {
 }
 
 
+def _layer_output(name: str, index: int, several: bool) -> str:
+    """The graph output ``name`` of target layer ``index`` (suffixed only when there are several)."""
+    return f"{name}_{index}" if several else name
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+@dataclass(eq=False)
+class LayerExplanation:
+    """The results of one target layer (an entry of :attr:`Explanation.layers`).
+
+    Shapes as in :class:`Explanation` (``[N, ...]``, or ``[N, k, ...]`` for a top-k model; the
+    activations never have the ``k`` axis); a field is None when its output was not fetched.
+
+    Attributes:
+        name: the target tensor's name in the source model (None when unknown).
+        coefficients: float32 ``[N, (k,) K]`` channel weights.
+        maps: float32 ``[N, (k,) h, w]`` class-activation maps (not normalised).
+        heatmaps: float32 ``[N, (k,) H, W]`` this layer's heatmaps, in [0, 1].
+        activations: float32 ``[N, K, h, w]`` target activations (raw models only).
+        multipliers: float32 ``[N, (k,) K, h, w]`` multipliers / gradients (raw models only).
+    """
+
+    name: Optional[str] = None
+    coefficients: Optional[np.ndarray] = None
+    maps: Optional[np.ndarray] = None
+    heatmaps: Optional[np.ndarray] = None
+    activations: Optional[np.ndarray] = None
+    multipliers: Optional[np.ndarray] = None
+
+    def _apply(self, ranked: Callable[[np.ndarray], np.ndarray], unranked: Callable[[np.ndarray], np.ndarray]) -> "LayerExplanation":
+        values = {}
+        for name in _LAYER_FIELDS:
+            array = getattr(self, name)
+            fn = unranked if name in _UNRANKED_FIELDS else ranked
+            values[name] = None if array is None else fn(array)
+        return LayerExplanation(name=self.name, **values)
+
+    def __repr__(self) -> str:
+        parts = [f"{f}={tuple(getattr(self, f).shape)}" for f in _LAYER_FIELDS if getattr(self, f) is not None]
+        return f"LayerExplanation({self.name!r}" + "".join(", " + p for p in parts) + ")"
+
+
 @dataclass(eq=False)
 class Explanation:
-    """The LIFT-CAM explanation of a batch of N images (arrays as returned by the model).
+    """The CAM explanation of a batch of N images (arrays as returned by the model).
 
     Attributes:
         logits: float32 ``[N, C]``, the explained scores ``y`` (pre-softmax).
-        classes: int64 ``[N]``, the class ``c`` explained for each image.
-        coefficients: float32 ``[N, K]``, ``phi_k = sum_ij A_kij * m_kij`` (DeepLIFT contributions of
-            the target-layer channels to ``y_c`` against a zero reference), or None if not fetched.
+        classes: int64 ``[N]``, the class ``c`` explained for each image; ``[N, k]`` for a top-k model
+            (``classes[i, r]`` is the class explained at rank ``r``, best first).
+        coefficients: float32 ``[N, K]`` channel weights (LIFT-CAM: ``phi_k = sum_ij A_kij * m_kij``,
+            the DeepLIFT contributions of the target-layer channels to ``y_c`` against a zero
+            reference; the Grad-CAM family: its own weights), or None if not fetched.
         maps: float32 ``[N, h, w]``, ``L = ReLU(sum_k phi_k A_k)``, or None if not fetched.
         heatmaps: float32 ``[N, H, W]``, ``L`` resized bilinear (half-pixel) to the input size and
             min-max normalised per image to [0, 1] (a constant map gives 0), or None if not fetched.
+            With several target layers and a fused heatmap (``fused`` true): the per-pixel mean of
+            the layers' heatmaps, renormalised to [0, 1].
         activations: float32 ``[N, K, h, w]`` target-layer activations ``A`` (raw models only).
-        multipliers: float32 ``[N, K, h, w]`` DeepLIFT multipliers ``dy_c/dA`` (raw models only).
+        multipliers: float32 ``[N, K, h, w]`` DeepLIFT multipliers ``dy_c/dA`` (gradients for the
+            Grad-CAM family) (raw models only).
+        layers: one :class:`LayerExplanation` per target layer, in the model's order. Filled from the
+            fields above when not given (one layer, ``name`` None).
+        fused: whether ``heatmaps`` is the fused heatmap of several target layers (then it is not
+            ``layers[0].heatmaps``, and it is None when the fused output was not fetched).
+
+    **Top-k models** (:attr:`Explainer.top_k` = k): every per-class array gains a ``k`` axis after
+    ``N``: ``classes [N, k]``, ``coefficients [N, k, K]``, ``maps [N, k, h, w]``, ``heatmaps
+    [N, k, H, W]``, ``multipliers [N, k, K, h, w]``; ``logits`` and ``activations`` do not. :attr:`k`
+    tells it; :meth:`rank` drops the axis (the explanation of one rank, shaped like a single-class one).
+
+    **Several target layers**: ``layers[i]`` holds layer ``i``'s results. The top-level
+    ``coefficients``, ``maps``, ``activations`` and ``multipliers`` are the first layer's
+    (``layers[0]``); ``heatmaps`` is the fused heatmap when the model has one (``fused``), else the
+    first layer's too. With one layer, ``layers[0]`` holds the top-level arrays themselves.
 
     ``len(expl)`` is N; ``expl[i]`` is the same dataclass for image ``i`` alone (N = 1, arrays are
-    views); ``expl[a:b]`` slices; iterating yields the per-image explanations.
+    views, the ``k`` axis and the layers kept); ``expl[a:b]`` slices; iterating yields the per-image
+    explanations.
 
     Example::
 
@@ -86,6 +163,9 @@ class Explanation:
         [[1, 2]]
         >>> round(float(e.probabilities()[0, 1]), 4)
         0.6652
+        >>> t = Explanation(logits=e.logits, classes=np.array([[1, 2]]), maps=np.zeros((1, 2, 4, 4), np.float32))
+        >>> t.k, t.rank(1).classes.tolist(), t.rank(1).maps.shape
+        (2, [2], (1, 4, 4))
     """
 
     logits: np.ndarray
@@ -95,15 +175,57 @@ class Explanation:
     heatmaps: Optional[np.ndarray] = None
     activations: Optional[np.ndarray] = None
     multipliers: Optional[np.ndarray] = None
+    layers: Optional[tuple[LayerExplanation, ...]] = field(default=None, repr=False)
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layers is None:
+            self.layers = (
+                LayerExplanation(
+                    coefficients=self.coefficients,
+                    maps=self.maps,
+                    heatmaps=None if self.fused else self.heatmaps,
+                    activations=self.activations,
+                    multipliers=self.multipliers,
+                ),
+            )
+            return
+        self.layers = tuple(self.layers)
+        if not self.layers or not all(isinstance(layer, LayerExplanation) for layer in self.layers):
+            raise ValueError("layers must be a non-empty sequence of LayerExplanation")
+        first = self.layers[0]
+        for name in _LAYER_FIELDS:
+            if getattr(self, name) is None and not (name == "heatmaps" and self.fused):
+                setattr(self, name, getattr(first, name))
+
+    @property
+    def k(self) -> Optional[int]:
+        """Classes explained per image of a top-k model (the ``k`` axis), None for one class per image."""
+        return int(self.classes.shape[1]) if self.classes.ndim == 2 else None
+
+    @property
+    def target_layers(self) -> list[Optional[str]]:
+        """The names of :attr:`layers` (None where unknown)."""
+        return [layer.name for layer in self.layers]  # type: ignore[union-attr]
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
+
+    def _apply(self, ranked: Callable[[np.ndarray], np.ndarray], unranked: Callable[[np.ndarray], np.ndarray]) -> "Explanation":
+        """A new Explanation: ``ranked`` applied to the arrays with a ``k`` axis (when top-k), else ``unranked``."""
+        return Explanation(
+            logits=unranked(self.logits),
+            classes=ranked(self.classes),
+            heatmaps=ranked(self.heatmaps) if self.fused and self.heatmaps is not None else None,
+            layers=tuple(layer._apply(ranked, unranked) for layer in self.layers),  # type: ignore[union-attr]
+            fused=self.fused,
+        )
 
     def __getitem__(self, index: Union[int, slice]) -> "Explanation":
         n = len(self)
         if isinstance(index, slice):
             sel = index
-        elif isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        elif _is_int(index):
             i = int(index)
             if not -n <= i < n:
                 raise IndexError(f"image index {i} out of range for an Explanation of {n} image(s)")
@@ -111,21 +233,39 @@ class Explanation:
             sel = slice(i, i + 1)
         else:
             raise TypeError(f"Explanation indices must be int or slice, got {type(index).__name__}")
-        return Explanation(
-            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[sel]) for f in fields(self)}
-        )
+        return self._apply(lambda a: a[sel], lambda a: a[sel])
 
     def __iter__(self) -> Iterator["Explanation"]:
         for i in range(len(self)):
             yield self[i]
 
+    def rank(self, r: int) -> "Explanation":
+        """The explanation of rank ``r`` (0-based: 0 is the best class) of a top-k explanation.
+
+        The ``k`` axis is dropped: ``classes [N]``, ``coefficients [N, K]``, ``heatmaps [N, H, W]``...
+        (arrays are views; logits and activations unchanged). For a single-class explanation only
+        ``r = 0`` (or -1) is valid and returns ``self``.
+        """
+        if not _is_int(r):
+            raise TypeError(f"rank must be an int, got {type(r).__name__}")
+        k = self.k
+        count = 1 if k is None else k
+        if not -count <= int(r) < count:
+            raise IndexError(f"rank {int(r)} out of range for an explanation of {count} class(es) per image")
+        if k is None:
+            return self
+        r = int(r) % k
+        return self._apply(lambda a: a[:, r], lambda a: a)
+
     def __repr__(self) -> str:
-        parts = [
-            f"{f.name}={tuple(getattr(self, f.name).shape)}"
-            for f in fields(self)
-            if getattr(self, f.name) is not None
-        ]
-        return f"Explanation(N={len(self)}, " + ", ".join(parts) + ")"
+        names = ("logits", "classes", *_LAYER_FIELDS)
+        parts = [f"{f}={tuple(getattr(self, f).shape)}" for f in names if getattr(self, f) is not None]
+        extra = ""
+        if self.k is not None:
+            extra += f", k={self.k}"
+        if len(self.layers) > 1:  # type: ignore[arg-type]
+            extra += f", layers={len(self.layers)}, fused={self.fused}"  # type: ignore[arg-type]
+        return f"Explanation(N={len(self)}{extra}, " + ", ".join(parts) + ")"
 
     def probabilities(self) -> np.ndarray:
         """Softmax of the logits, ``exp(y - max y) / sum exp(y - max y)`` per image (float32 ``[N, C]``).
@@ -138,7 +278,10 @@ class Explanation:
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def top_k(self, k: int = 5, scores: str = "logits") -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` highest-scoring classes per image.
+        """The ``k`` highest-scoring classes per image, from the logits.
+
+        This ranks the scores only; it does not depend on what was explained. For a top-k model
+        explained with the default target, ``classes`` equals ``top_k(self.k)[0]`` (up to ties).
 
         Args:
             k: how many (clamped to the number of classes C); at least 1.
@@ -159,17 +302,36 @@ class Explanation:
 
     @classmethod
     def concatenate(cls, parts: Sequence["Explanation"]) -> "Explanation":
-        """Join explanations of consecutive batches into one (fields missing in any part become None)."""
+        """Join explanations of consecutive batches into one (fields missing in any part become None).
+
+        The parts must have the same layers, ``k`` and ``fused``.
+        """
         parts = list(parts)
         if not parts:
             raise ValueError("nothing to concatenate (no explanations)")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            arrays = [getattr(p, f.name) for p in parts]
-            values[f.name] = None if any(a is None for a in arrays) else np.concatenate(arrays, axis=0)
-        if values["logits"] is None or values["classes"] is None:
+
+        def cat(arrays: list) -> Optional[np.ndarray]:
+            return None if any(a is None for a in arrays) else np.concatenate(arrays, axis=0)
+
+        first = parts[0]
+        for p in parts[1:]:
+            if len(p.layers) != len(first.layers) or p.fused != first.fused:  # type: ignore[arg-type]
+                raise ValueError("cannot concatenate explanations with different target layers or fusion")
+            if p.k != first.k:
+                raise ValueError(f"cannot concatenate explanations with k={first.k} and k={p.k}")
+        logits = cat([p.logits for p in parts])
+        classes = cat([p.classes for p in parts])
+        if logits is None or classes is None:
             raise ValueError("every explanation must have logits and classes")
-        return cls(**values)
+        layers = tuple(
+            LayerExplanation(
+                name=first.layers[i].name,  # type: ignore[index]
+                **{f: cat([getattr(p.layers[i], f) for p in parts]) for f in _LAYER_FIELDS},  # type: ignore[index]
+            )
+            for i in range(len(first.layers))  # type: ignore[arg-type]
+        )
+        heatmaps = cat([p.heatmaps for p in parts]) if first.fused else None
+        return cls(logits=logits, classes=classes, heatmaps=heatmaps, layers=layers, fused=first.fused)
 
 
 def _parse_json_meta(meta: dict[str, str], key: str, source: str) -> Any:
@@ -204,6 +366,17 @@ class Explainer:
         >>> expl = explainer.explain(np.zeros((2, c, h, w), np.float32), target=[3, -1])  # doctest: +SKIP
         >>> expl.classes  # doctest: +SKIP
         array([3, 0])
+
+    A top-k model (exported with ``top_k=3``) explains three classes per image; a model with several
+    target layers has per-layer results::
+
+        >>> topk = Explainer("model.top3.cam.onnx", device="cpu")  # doctest: +SKIP
+        >>> topk.top_k, topk.explain(batch, target=[-1, -1, 7]).classes.shape  # doctest: +SKIP
+        (3, (2, 3))
+        >>> two = Explainer("model.two_layers.cam.onnx", device="cpu")  # doctest: +SKIP
+        >>> expl = two.explain(batch)  # doctest: +SKIP
+        >>> two.target_layers, expl.fused, expl.layers[1].heatmaps.shape  # doctest: +SKIP
+        (['layer3', 'layer2'], True, (2, 32, 32))
     """
 
     def __init__(
@@ -323,12 +496,8 @@ class Explainer:
                 f"({meta.get(contract.META_NUM_CLASSES)!r})"
             ) from None
 
-        self._outputs = tuple(
-            n for n in (*contract.STANDARD_OUTPUTS, *contract.RAW_OUTPUTS) if n in outputs
-        )
-        missing = [n for n in contract.STANDARD_OUTPUTS if n not in outputs]
-        if missing:
-            raise ValueError(f"{src}: the model lacks the onnxcam outputs {missing}")
+        self._read_layers(meta, outputs)
+        self._read_top_k(meta, inputs[contract.INPUT_TARGET])
 
         self._preprocessing: Optional[dict] = None
         if contract.META_PREPROCESSING in meta:
@@ -346,6 +515,103 @@ class Explainer:
             if isinstance(names, list) and len(names) == self._num_classes:
                 self._class_names = [str(n) for n in names]
 
+    def _read_layers(self, meta: dict[str, str], outputs: list[str]) -> None:
+        """Target layers, their shapes, the onnxcam outputs present, and whether a fused heatmap is."""
+        src = self._source
+        present = set(outputs)
+        per_layer = [name for name, _ in _LAYER_OUTPUTS]
+        several = contract.OUTPUT_COEFFICIENTS not in present and any(f"{n}_0" in present for n in per_layer)
+        if several:
+            count = 0
+            while any(f"{n}_{count}" in present for n in per_layer):
+                count += 1
+            if count < 2:
+                raise ValueError(f"{src}: per-layer outputs (suffixed _0) for a single layer; expected at least two layers")
+            if contract.META_TARGET in meta:
+                layers = _parse_json_meta(meta, contract.META_TARGET, src)
+                if not (isinstance(layers, list) and len(layers) == count and all(isinstance(n, str) for n in layers)):
+                    raise ValueError(
+                        f"{src}: metadata {contract.META_TARGET!r} must be a JSON list of the {count} target "
+                        f"layer names (the model has {count} sets of per-layer outputs), got {meta[contract.META_TARGET]!r}"
+                    )
+            else:
+                layers = [None] * count
+        else:
+            count = 1
+            layers = [meta.get(contract.META_TARGET)]
+        self._several = several
+        self._target_layers: list[Optional[str]] = layers
+
+        self._target_shapes: list[Optional[tuple[int, int, int]]] = [None] * count
+        if contract.META_TARGET_SHAPE in meta:
+            shapes = _parse_json_meta(meta, contract.META_TARGET_SHAPE, src)
+            listed = shapes if several else [shapes]
+
+            def is_shape(v: Any) -> bool:
+                return isinstance(v, list) and len(v) == 3 and all(_is_int(d) and d > 0 for d in v)
+
+            if not (isinstance(listed, list) and len(listed) == count and all(is_shape(v) for v in listed)):
+                expected = f"a list of {count} [K, h, w]" if several else "[K, h, w]"
+                raise ValueError(
+                    f"{src}: metadata {contract.META_TARGET_SHAPE!r} must be {expected}, got {meta[contract.META_TARGET_SHAPE]!r}"
+                )
+            self._target_shapes = [tuple(int(d) for d in v) for v in listed]  # type: ignore[misc]
+
+        order = [contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS]
+        for i in range(count):
+            order += [_layer_output(name, i, several) for name in per_layer]
+        if several:
+            order.append(contract.OUTPUT_HEATMAP)  # the fused heatmap
+        self._outputs = tuple(n for n in order if n in present)
+        required = list(_REQUIRED_OUTPUTS)
+        for i in range(count):
+            required += [_layer_output(n, i, several) for n in contract.STANDARD_OUTPUTS if n not in _REQUIRED_OUTPUTS]
+        missing = [n for n in required if n not in present]
+        if missing:
+            raise ValueError(f"{src}: the model lacks the onnxcam outputs {missing}")
+        raw = [_layer_output(n, i, several) for i in range(count) for n in contract.RAW_OUTPUTS]
+        if any(n in present for n in raw) and not all(n in present for n in raw):
+            raise ValueError(f"{src}: the model has only some of the raw outputs {raw}")
+        self._fused = several and contract.OUTPUT_HEATMAP in present
+        if contract.META_OUTPUTS in meta:
+            listed_outputs = _parse_json_meta(meta, contract.META_OUTPUTS, src)
+            if isinstance(listed_outputs, list):
+                absent = [n for n in listed_outputs if isinstance(n, str) and n not in present]
+                if absent:
+                    raise ValueError(f"{src}: metadata {contract.META_OUTPUTS!r} lists outputs the model lacks: {absent}")
+
+    def _read_top_k(self, meta: dict[str, str], target_input: Any) -> None:
+        """k of a top-k model (``onnxcam.top_k``, else the static k of ``onnxcam_target`` [N, k]), or None."""
+        src = self._source
+        shape = target_input.shape if isinstance(target_input.shape, list) else None
+        top_k: Optional[int] = None
+        if contract.META_TOP_K in meta:
+            value = meta[contract.META_TOP_K]
+            try:
+                top_k = int(value)
+            except ValueError:
+                top_k = None
+            if top_k is None or not 1 <= top_k <= self._num_classes:
+                raise ValueError(
+                    f"{src}: metadata {contract.META_TOP_K!r} must be an integer in [1, {self._num_classes}], got {value!r}"
+                )
+        elif shape is not None and len(shape) == 2:
+            if not _is_int(shape[1]):
+                raise ValueError(
+                    f"{src}: input {contract.INPUT_TARGET!r} is [N, k] with unknown k ({shape[1]!r}) and there is "
+                    f"no {contract.META_TOP_K} metadata"
+                )
+            top_k = int(shape[1])
+        if shape is not None:
+            rank = 1 if top_k is None else 2
+            if len(shape) != rank or (top_k is not None and _is_int(shape[1]) and shape[1] != top_k):
+                expected = "[N]" if top_k is None else f"[N, {top_k}]"
+                raise ValueError(
+                    f"{src}: input {contract.INPUT_TARGET!r} has shape {shape}; expected {expected}"
+                    + ("" if top_k is None else f" (metadata {contract.META_TOP_K} = {top_k})")
+                )
+        self._top_k = top_k
+
     # ------------------------------------------------------------------ properties
     @property
     def input_name(self) -> str:
@@ -359,8 +625,33 @@ class Explainer:
 
     @property
     def target_layer(self) -> Optional[str]:
-        """Name of the target tensor A (``onnxcam.target_layer`` metadata)."""
-        return self._metadata.get(contract.META_TARGET)
+        """Name of the target tensor A (``onnxcam.target_layer`` metadata) of a single-layer model.
+
+        None when the model explains several layers (see :attr:`target_layers`) or the metadata lacks it.
+        """
+        return None if self._several else self._target_layers[0]
+
+    @property
+    def target_layers(self) -> list[Optional[str]]:
+        """Names of the target tensors, one per explained layer, in the order of the per-layer outputs
+        (``_0``, ``_1``...) and of :attr:`Explanation.layers`; ``[target_layer]`` for a single layer."""
+        return list(self._target_layers)
+
+    @property
+    def target_shapes(self) -> list[Optional[tuple[int, int, int]]]:
+        """``(K, h, w)`` of each target layer (``onnxcam.target_shape`` metadata; None when absent)."""
+        return list(self._target_shapes)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the model has a fused ``onnxcam_heatmap`` of several target layers."""
+        return self._fused
+
+    @property
+    def top_k(self) -> Optional[int]:
+        """k of a top-k model (``onnxcam.top_k``): the classes explained per image in one run; None
+        for a model explaining one class per image."""
+        return self._top_k
 
     @property
     def num_classes(self) -> int:
@@ -369,7 +660,9 @@ class Explainer:
 
     @property
     def method(self) -> Optional[str]:
-        """The CAM method (``"liftcam"``)."""
+        """The CAM method (``onnxcam.method`` metadata): one of :data:`onnxcam.contract.METHODS`
+        (``"liftcam"``, ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``, ``"layercam"``),
+        or None when the metadata lacks it. The outputs are the same for every method."""
         return self._metadata.get(contract.META_METHOD)
 
     @property
@@ -394,7 +687,9 @@ class Explainer:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        """The onnxcam outputs the model has, in contract order."""
+        """The onnxcam outputs the model has, in contract order: logits, class, then each layer's
+        coefficients, map, heatmap (and raw activations, multipliers), suffixed ``_0``, ``_1``... when
+        there are several layers, then the fused heatmap when present."""
         return self._outputs
 
     @property
@@ -410,7 +705,10 @@ class Explainer:
     def __repr__(self) -> str:
         return (
             f"Explainer({self._source!r}, input={self._input_name!r} {list(self._input_shape)}, "
-            f"classes={self._num_classes}, target_layer={self.target_layer!r}, providers={self.providers})"
+            f"classes={self._num_classes}, method={self.method!r}, "
+            + (f"target_layer={self.target_layer!r}" if not self._several else f"target_layers={self._target_layers!r}")
+            + ("" if self._top_k is None else f", top_k={self._top_k}")
+            + f", providers={self.providers})"
         )
 
     # ------------------------------------------------------------------ validation
@@ -454,49 +752,103 @@ class Explainer:
         return np.ascontiguousarray(batch, dtype=self._input_dtype)
 
     def _check_target(self, target: Any, n: int) -> np.ndarray:
+        """``onnxcam_target`` for a batch of ``n``: int64 ``[n]``, or ``[n, k]`` for a top-k model."""
+        k = self._top_k
         if target is None:
-            return np.full(n, -1, np.int64)
+            return np.full(n if k is None else (n, k), -1, np.int64)
         if isinstance(target, (bool, np.bool_)):
             raise ValueError(f"target must be an int class index, got {target!r}")
-        if isinstance(target, (int, np.integer)):
-            t = np.full(n, int(target), np.int64)
+        topk_forms = (
+            f"a top-k model (k={k}) explains {k} classes per image: pass target=None (the {k} best classes), "
+            f"a list of {k} classes applied to every image, or an int array [N, k]; a negative entry at rank r "
+            "means the r-th highest-scoring class"
+        )
+        if _is_int(target):
+            if k is None:
+                t = np.full(n, int(target), np.int64)
+            elif int(target) < 0:
+                t = np.full((n, k), -1, np.int64)
+            else:
+                raise ValueError(f"target={int(target)}: {topk_forms}")
         else:
-            arr = np.asarray(target)
+            try:
+                arr = np.asarray(target)
+            except ValueError as exc:  # ragged nested lists
+                raise ValueError(f"target is not a rectangular array of class indices: {exc}") from None
             if arr.ndim == 0:
-                raise ValueError(f"target must be None, an int or an int array [N], got {target!r}")
-            if arr.shape != (n,):
+                if k is None:
+                    raise ValueError(f"target must be None, an int or an int array [N], got {target!r}")
+                raise ValueError(f"target={target!r}: {topk_forms}")
+            if k is None:
+                if arr.shape != (n,):
+                    raise ValueError(
+                        f"target must have shape [N] = ({n},) for a batch of {n}, got shape {tuple(arr.shape)}"
+                        + ("; the model explains one class per image (it is not a top-k model)" if arr.ndim == 2 and arr.shape[0] == n else "")
+                    )
+            elif arr.shape not in ((k,), (n, k)):
                 raise ValueError(
-                    f"target must have shape [N] = ({n},) for a batch of {n}, got shape {tuple(arr.shape)}"
+                    f"target must have shape [k] = ({k},) or [N, k] = ({n}, {k}) for a batch of {n} with this "
+                    f"top-k model, got shape {tuple(arr.shape)}; {topk_forms}"
                 )
             if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"target must hold integer class indices, got dtype {arr.dtype}")
             t = arr.astype(np.int64)
-        too_big = np.flatnonzero(t >= self._num_classes)
+            if k is not None and t.ndim == 1:
+                t = np.repeat(t[None, :], n, axis=0)
+        too_big = np.argwhere(t >= self._num_classes)
         if too_big.size:
-            i = int(too_big[0])
+            where = tuple(int(v) for v in too_big[0])
+            at = f"image index {where[0]}" + ("" if k is None else f", rank {where[1]}")
             raise ValueError(
-                f"target class {int(t[i])} (image index {i}) is out of range [0, {self._num_classes}); "
+                f"target class {int(t[where])} ({at}) is out of range [0, {self._num_classes}); "
                 "use a negative value for the predicted class"
             )
-        return t
+        return np.ascontiguousarray(t)
 
     def _check_outputs(self, outputs: Optional[Iterable[str]]) -> list[str]:
         if outputs is None:
             return list(self._outputs)
         if isinstance(outputs, str):
             outputs = [outputs]
-        requested = list(outputs)
-        valid = (*contract.STANDARD_OUTPUTS, *contract.RAW_OUTPUTS)
-        for name in requested:
-            if name not in valid:
-                raise ValueError(f"unknown output {name!r}; valid outputs are {list(valid)}")
-            if name not in self._outputs:
-                raise ValueError(
-                    f"the model has no output {name!r} (it has {list(self._outputs)}); raw outputs need a "
-                    "model exported with raw=True (onnxcam export --raw)"
-                )
-        wanted = set(requested) | set(_REQUIRED_OUTPUTS)
+        count = len(self._target_layers)
+        layer_names = [name for name, _ in _LAYER_OUTPUTS]
+        valid = [*_REQUIRED_OUTPUTS, *contract.STANDARD_OUTPUTS[len(_REQUIRED_OUTPUTS):], *contract.RAW_OUTPUTS]
+        if self._several:
+            valid += [f"{name}_{i}" for i in range(count) for name in layer_names]
+        wanted = set(_REQUIRED_OUTPUTS)
+        for name in outputs:
+            if not isinstance(name, str) or name not in valid:
+                raise ValueError(f"unknown output {name!r}; valid outputs are {valid}")
+            if name in self._outputs:
+                wanted.add(name)
+                continue
+            if self._several and name in layer_names:  # shorthand: that output of every layer
+                every = [f"{name}_{i}" for i in range(count)]
+                if all(e in self._outputs for e in every):
+                    wanted.update(every)
+                    continue
+            raise ValueError(
+                f"the model has no output {name!r} (it has {list(self._outputs)}); raw outputs need a "
+                "model exported with raw=True (onnxcam export --raw)"
+            )
         return [n for n in self._outputs if n in wanted]
+
+    def _assemble(self, values: dict[str, np.ndarray]) -> Explanation:
+        """An :class:`Explanation` from fetched outputs (by name)."""
+        layers = tuple(
+            LayerExplanation(
+                name=layer,
+                **{f: values.get(_layer_output(out, i, self._several)) for out, f in _LAYER_OUTPUTS},
+            )
+            for i, layer in enumerate(self._target_layers)
+        )
+        return Explanation(
+            logits=values[contract.OUTPUT_LOGITS],
+            classes=values[contract.OUTPUT_CLASS],
+            heatmaps=values.get(contract.OUTPUT_HEATMAP) if self._fused else None,
+            layers=layers,
+            fused=self._fused,
+        )
 
     # ------------------------------------------------------------------ running
     def explain(
@@ -514,15 +866,24 @@ class Explainer:
             target: the class to explain: None (the predicted class, ``argmax`` of the logits, for
                 every image), an int (the same class for every image) or an int array ``[N]``; a
                 negative value means "the predicted class" for that image. Must be ``< C``.
-            outputs: contract output names to fetch (``onnxcam.contract.OUTPUT_*``). None (default):
-                every onnxcam output the model has, i.e. :data:`DEFAULT_OUTPUTS` plus the raw
-                activations/multipliers when the model was exported with ``raw=True``. The logits
-                and the class are always fetched; the other fields of the result are None when not
-                fetched.
+                For a top-k model (:attr:`top_k` = k): None (the k highest-scoring classes), a list
+                of k classes applied to every image, or an int array ``[N, k]``; a negative entry at
+                rank ``r`` means the r-th highest-scoring class of that image (a negative int is
+                accepted as "all predicted"; a non-negative int is refused).
+            outputs: contract output names to fetch (``onnxcam.contract.OUTPUT_*``, or per-layer names
+                such as ``"onnxcam_map_1"`` for a model with several layers). None (default): every
+                onnxcam output the model has (:attr:`outputs`), raw ones included. With several
+                layers an unsuffixed per-layer name the model lacks (``"onnxcam_coefficients"``, or
+                ``"onnxcam_heatmap"`` without a fused heatmap) selects that output of every layer;
+                ``"onnxcam_heatmap"`` of a model with a fused heatmap is the fused heatmap alone. The
+                logits and the class are always fetched; the other fields of the result are None
+                when not fetched.
 
         Returns:
-            An :class:`Explanation`. On CUDA the inputs are bound from host memory and only the
-            requested outputs are bound (IOBinding); on CPU ``session.run(requested, feeds)``.
+            An :class:`Explanation` (with the ``k`` axis for a top-k model, one entry of
+            :attr:`Explanation.layers` per target layer). On CUDA the inputs are bound from host
+            memory and only the requested outputs are bound (IOBinding); on CPU
+            ``session.run(requested, feeds)``.
 
         Raises:
             ValueError: wrong type/rank/shape/dtype, NaN/Inf, empty batch, bad target shape or a
@@ -542,7 +903,7 @@ class Explainer:
             values = binding.copy_outputs_to_cpu()
         else:
             values = self._session.run(names, feeds)
-        return Explanation(**{_FIELD_OF_OUTPUT[n]: v for n, v in zip(names, values)})
+        return self._assemble(dict(zip(names, values)))
 
     def preprocess(
         self, images: Sequence[np.ndarray], preprocessing: Optional[dict] = None
@@ -578,7 +939,8 @@ class Explainer:
         Args:
             images: file paths and/or RGB uint8 ``[H, W, 3]`` arrays (a single path or array is
                 accepted too).
-            target: as in :meth:`explain`, with an array of length ``len(images)``.
+            target: as in :meth:`explain`, with an array of length ``len(images)`` (``[len(images), k]``
+                or a list of k classes for a top-k model).
             batch_size: images per session run (>= 1).
             outputs: as in :meth:`explain`.
             preprocessing: override of the model's preprocessing metadata.

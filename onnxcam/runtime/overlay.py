@@ -30,7 +30,8 @@ def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
         heatmap = heatmap[0]
     if heatmap.ndim != 2:
         raise ValueError(
-            f"heatmap must have shape [H, W] (one image; index a batch first), got {tuple(heatmap.shape)}"
+            f"heatmap must have shape [H, W] (one image; index a batch first, and the rank of a top-k "
+            f"explanation, e.g. expl.heatmaps[i, r]), got {tuple(heatmap.shape)}"
         )
     if heatmap.size == 0:
         raise ValueError(f"heatmap is empty, shape {tuple(heatmap.shape)}")

@@ -273,3 +273,30 @@ def tiny():
         PREPROCESSING=TINY_PREPROCESSING, build=build_tiny_model, make_weights=make_weights,
         reference=reference, resize=resize_bilinear_half_pixel, random_batch=random_batch,
     )
+
+
+# ---------------------------------------------------------------------------- real exported models
+RESNET20_LAYER3 = "/layer3/layer3.2/Relu_1_output_0"  # [64, 8, 8]
+RESNET20_LAYER2 = "/layer2/layer2.2/Relu_1_output_0"  # [32, 16, 16]
+
+
+@pytest.fixture(scope="session")
+def resnet20_cam(models_dir, tmp_path_factory):
+    """``resnet20_cam(target, **export_kwargs) -> path``: the CIFAR-10 ResNet-20 of ../shared exported by
+    the real exporter (cached per arguments, ``preprocessing="cifar10"``); skips when the model is absent."""
+    source = models_dir / "cifar10_resnet20.onnx"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    onnxcam = pytest.importorskip("onnxcam")
+    folder = tmp_path_factory.mktemp("resnet20")
+    cache: dict = {}
+
+    def make(target=RESNET20_LAYER3, **kwargs) -> str:
+        key = (json.dumps(target), json.dumps(kwargs, sort_keys=True))
+        if key not in cache:
+            path = folder / f"cam{len(cache)}.onnx"
+            onnxcam.save(onnxcam.export(str(source), target, preprocessing="cifar10", **kwargs), str(path))
+            cache[key] = str(path)
+        return cache[key]
+
+    return make

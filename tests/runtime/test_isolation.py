@@ -102,3 +102,27 @@ def test_import_alone_pulls_nothing_heavy(module):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_top_k_several_layers_without_torch_and_onnx(resnet20_cam, tmp_path):
+    """A top-k, two-layer export (built here, with onnx) explained and CLI-rendered where onnx is blocked."""
+    import cv2
+    import numpy as np
+
+    model = resnet20_cam(["/layer3/layer3.2/Relu_1_output_0", "/layer2/layer2.2/Relu_1_output_0"], top_k=2)
+    cv2.imwrite(str(tmp_path / "x.png"), np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    code = """
+    import sys, json
+    from onnxcam.runtime import Explainer
+    from onnxcam.cli_explain import main
+    e = Explainer(sys.argv[1], device="cpu")
+    expl, _ = e.explain_images([sys.argv[2]], target=[-1, 5])
+    rc = main(["explain", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--device", "cpu"])
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "onnxscript"))
+    print(json.dumps({"rc": rc, "classes": expl.classes.tolist(), "layers": len(expl.layers), "leaked": leaked}))
+    """
+    proc = _run(code, model, str(tmp_path / "x.png"), str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0 and result["classes"][0][1] == 5 and result["layers"] == 2 and result["leaked"] == []
+    assert len(os.listdir(tmp_path / "out")) == 1 + 2 * 4
