@@ -25,6 +25,7 @@ _LAZY = {
     "export_torch": "onnxcam.exporters.torch_export",
     "Explainer": "onnxcam.runtime",
     "Explanation": "onnxcam.runtime",
+    "LayerExplanation": "onnxcam.runtime",
     "overlay": "onnxcam.runtime",
     "load_image": "onnxcam.runtime",
 }

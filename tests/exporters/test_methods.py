@@ -3,8 +3,8 @@
 The low-resolution map (``onnxcam_map`` = ReLU of the method's weighted sum) must equal the peers' to
 1e-4 relative (to the image's largest value). Conventions where the libraries differ, tested below:
 
-- pytorch-grad-cam normalises the low-resolution map (``(L − min)/(max + 1e-7)``) *then* resizes it
-  with ``cv2.resize``; torchcam returns the map min-max normalised at low resolution and leaves the
+- pytorch-grad-cam normalises the low-resolution map (``s(L) = (L − min)/(max(L − min) + 1e-7)``),
+  resizes it with ``cv2.resize``, and normalises again: ``s(resize(s(L)))``; torchcam returns the map min-max normalised at low resolution and leaves the
   resize to the caller; onnxcam resizes (half-pixel bilinear) *then* min-max normalises, as LIFT-CAM's
   reference recipe does (ALGORITHM.md §1 step 5).
 """
@@ -60,7 +60,22 @@ def grad_cam_lowres(model, layer, method, x, classes):
         full = cam(input_tensor=inputs, targets=targets)
     finally:
         cam.activations_and_grads.release()
-    return lowres, full
+    return lowres, full, acts
+
+
+def near_tie_positions(acts: np.ndarray, pool: int = 2) -> np.ndarray:
+    """Positions [N,h,w] inside a ``pool``×``pool`` max-pool window whose two largest values differ by
+    less than fp32 noise in some channel (all-zero windows excluded: both libraries pick the first).
+
+    At such windows the argmax — hence where the gradient is routed — depends on the last bit of A,
+    which onnxruntime and torch compute differently, so per-position maps (HiResCAM, LayerCAM) may
+    legitimately differ there; channel means (Grad-CAM & co.) do not.
+    """
+    n, k, h, w = acts.shape
+    windows = acts.reshape(n, k, h // pool, pool, w // pool, pool).transpose(0, 1, 2, 4, 3, 5)
+    top = np.sort(windows.reshape(n, k, h // pool, w // pool, pool * pool), axis=-1)
+    risky = ((top[..., -1] - top[..., -2]) <= 1e-5 * np.abs(acts).max()) & (top[..., -1] > 0)
+    return np.repeat(np.repeat(risky.any(axis=1), pool, axis=1), pool, axis=2)
 
 
 @pytest.mark.parametrize("name,layer,size", MODELS)
@@ -72,16 +87,24 @@ def test_matches_pytorch_grad_cam(name, layer, size, method):
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(5)).numpy()
     out = run_cam(session(cam), x, np.array([-1, 4, 17]))
     classes = out[contract.OUTPUT_CLASS]
-    lowres, full = grad_cam_lowres(model, dict(model.named_modules())[layer], method, x, classes)
+    lowres, full, acts = grad_cam_lowres(model, dict(model.named_modules())[layer], method, x, classes)
     ours = out[contract.OUTPUT_MAP]
     # Relative to the image's largest value (an all-zero map — no positive evidence — uses the batch's).
     assert lowres.max() > 0
     scale = np.maximum(np.abs(lowres).max(axis=(1, 2), keepdims=True), 1e-3 * np.abs(lowres).max())
-    assert np.max(np.abs(ours - lowres) / scale) <= 1e-4
-    # Convention: pytorch-grad-cam = cv2.resize((L - min)/(max + 1e-7)); onnxcam = minmax(resize(L)).
-    shifted = ours - ours.min(axis=(1, 2), keepdims=True)
-    theirs_from_ours = np.stack([cv2.resize(m / (1e-7 + m.max()), (size, size)) for m in shifted])
-    np.testing.assert_allclose(full, theirs_from_ours, atol=1e-3)
+    error = np.abs(ours - lowres) / scale
+    if name == "vgg16" and method in ("hirescam", "layercam"):  # a 2x2 MaxPool follows features.29
+        ties = near_tie_positions(acts)
+        assert ties.mean() < 0.2
+        error = np.where(ties, 0.0, error)
+    assert np.max(error) <= 1e-4
+    # Convention: pytorch-grad-cam = s(cv2.resize(s(L))); onnxcam = minmax(half-pixel resize(L)).
+    def scale(m):
+        m = m - m.min()
+        return m / (1e-7 + m.max())
+
+    np.testing.assert_allclose(full, np.stack([scale(cv2.resize(scale(m), (size, size))) for m in lowres]), atol=1e-5)
+
 
 
 @pytest.mark.parametrize("method,torchcam_name", [("gradcam", "GradCAM"), ("gradcam++", "GradCAMpp"),
