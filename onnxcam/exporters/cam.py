@@ -56,8 +56,8 @@ class Names:
         return getattr(contract, item) + self.suffix
 
 
-def class_and_seed(b: GraphBuilder, logits: str, num_classes: int, top_k: int | None) -> tuple[str, str]:
-    """Emit the explained classes (``[N]`` or ``[N,k]``) and the one-hot seed ``[N·k, C]``."""
+def class_and_seed(b: GraphBuilder, logits: str, num_classes: int, top_k: int | None) -> tuple[str, str, str]:
+    """Emit the explained classes (``[N]`` or ``[N,k]``), their flat form ``[N·k]`` and the one-hot seed ``[N·k, C]``."""
     if top_k is None:
         predicted = b.op("ArgMax", [logits], "predicted", axis=1, keepdims=0)
     else:
@@ -67,7 +67,7 @@ def class_and_seed(b: GraphBuilder, logits: str, num_classes: int, top_k: int | 
     flat = classes if top_k is None else b.op("Reshape", [classes, b.ints([-1], "minus_one")], "classes_flat")
     arange = b.const(np.arange(num_classes, dtype=np.int64)[None, :], "class_range")
     hot = b.op("Equal", [arange, b.unsqueeze(flat, [1])], "one_hot")
-    return classes, b.op("Cast", [hot], "seed", to=TensorProto.FLOAT)
+    return classes, flat, b.op("Cast", [hot], "seed", to=TensorProto.FLOAT)
 
 
 def cam_outputs(b: GraphBuilder, activations: str, sweep: str, target_shape, input_hw, method: str,

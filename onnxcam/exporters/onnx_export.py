@@ -168,13 +168,13 @@ def export(
         logits32 = builder.op_named("Identity", [logits], contract.OUTPUT_LOGITS)
     else:
         logits32 = builder.op_named("Cast", [logits], contract.OUTPUT_LOGITS, to=onnx.TensorProto.FLOAT)
-    _, seed = class_and_seed(builder, logits32, num_classes, top_k)
+    _, flat_classes, seed = class_and_seed(builder, logits32, num_classes, top_k)
     multi = len(targets) > 1
     layer_names, heatmaps = [], []
     mode = DEEPLIFT if METHODS[method] else GRADIENT
     for i, (head, target_shape) in enumerate(zip(heads, shapes)):
         reference = reference_pass(proto, image, head, input_shape, target_shape, probed[head.target].dtype)
-        state = SweepState(builder, index, head, reference, mode=mode, tile=top_k or 1)
+        state = SweepState(builder, index, head, reference, mode=mode, tile=top_k or 1, one_hot={seed: flat_classes})
         sweep = reverse_sweep(state, seed)
         names_i = Names(f"_{i}" if multi else "")
         heatmaps.append(cam_outputs(builder, state.runtime(head.target), sweep, target_shape, input_shape[1:],

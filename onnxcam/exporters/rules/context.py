@@ -37,6 +37,8 @@ class SweepState:
     reference: ReferencePass
     mode: str = DEEPLIFT
     tile: int = 1
+    #: multiplier tensors known to be one-hot rows (the seed) -> their class indices [B]
+    one_hot: dict[str, str] = field(default_factory=dict)
     _ref_names: dict[str, str] = field(default_factory=dict)
     _tiled: dict[str, str] = field(default_factory=dict)
 
@@ -103,6 +105,10 @@ class RuleContext:
 
     def input(self, i: int) -> str:
         return self.node.input[i] if i < len(self.node.input) else ""
+
+    def one_hot_classes(self, multiplier: str | None) -> str | None:
+        """Class indices [B] when ``multiplier`` is the one-hot seed (rules may then gather, not multiply)."""
+        return self.state.one_hot.get(multiplier) if multiplier else None
 
     def value(self, name: str) -> str:
         """Runtime tensor for the forward tensor ``name`` (use this, not the bare name, in emitted nodes)."""

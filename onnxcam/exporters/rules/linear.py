@@ -129,6 +129,12 @@ def gemm(ctx: RuleContext, g: Multipliers) -> Multipliers:
     alpha = float(ctx.attr("alpha", 1.0))
     trans_a, trans_b = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
     weight = ctx.value(ctx.input(1))
+    classes = ctx.one_hot_classes(g[0])
+    if classes is not None and not trans_a:
+        # g = one_hot(c): g·op(B)ᵀ is row c of op(B)ᵀ — B[c, :] if transB else B[:, c]ᵀ.
+        rows = _gather_rows(ctx, weight, classes, transposed=not trans_b)
+        scaled = rows if alpha == 1.0 else ctx.b.op("Mul", [rows, ctx.const(alpha, "alpha")], "gemm_alpha")
+        return [scaled] + [None] * (len(ctx.node.input) - 1)
     # g·op(B)ᵀ: op(B)ᵀ is B when transB else Bᵀ.
     if trans_a:
         # m_A = (g·op(B)ᵀ)ᵀ = op(B)·gᵀ
@@ -146,8 +152,19 @@ def matmul(ctx: RuleContext, g: Multipliers) -> Multipliers:
     w_shape = ctx.shape(weight)
     if len(w_shape) != 2:
         raise ctx.error(f"MatMul by a constant of shape {list(w_shape)}: only 2-D constant right factors are supported")
+    classes = ctx.one_hot_classes(g[0])
+    if classes is not None and len(ctx.shape(ctx.input(0))) == 2:
+        return [_gather_rows(ctx, ctx.value(weight), classes, transposed=True), None]  # g·Wᵀ = W[:, c]ᵀ
     w_t = ctx.b.op("Transpose", [ctx.value(weight)], "matmul_wT", perm=[1, 0])
     return [ctx.b.op("MatMul", [g[0], w_t], "matmul_back"), None]
+
+
+def _gather_rows(ctx: RuleContext, weight: str, classes: str, transposed: bool) -> str:
+    """``weight[c, :]`` (or ``weight[:, c]ᵀ`` when ``transposed``) for each class ``c`` of ``classes`` [B]."""
+    if not transposed:
+        return ctx.b.op("Gather", [weight, classes], "onehot_rows", axis=0)
+    columns = ctx.b.op("Gather", [weight, classes], "onehot_columns", axis=1)
+    return ctx.b.op("Transpose", [columns], "onehot_rows", perm=[1, 0])
 
 
 def window_pads_begin(ctx: RuleContext, in_sp, out_sp, kernel, strides, dilations) -> list[int]:

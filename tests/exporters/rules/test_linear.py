@@ -160,3 +160,31 @@ def test_add_of_two_branches_sums_fanout():
     w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["A", "w"], ["c"]), helper.make_node("Add", ["A", "c"], ["out"])]
     check(probe_model(nodes, (1, 4, 3, 3), "out", [init("w", w)]), (1, 4, 3, 3))
+
+
+@pytest.mark.parametrize("final", ["gemm_transB0_alpha", "gemm_transB1", "matmul_add"])
+def test_one_hot_seed_fast_path(final):
+    """The explained logits come straight from Gemm/MatMul: the rule gathers the class's row of the
+    weights instead of multiplying by the one-hot seed; it must equal the exact gradient."""
+    from onnx import TensorProto
+
+    w = RNG.standard_normal((12, 5)).astype(np.float32)
+    nodes = [helper.make_node("Identity", ["x"], ["A"]), helper.make_node("Flatten", ["A"], ["f"])]
+    inits = [init("bias", RNG.standard_normal(5).astype(np.float32))]
+    if final == "gemm_transB0_alpha":
+        nodes.append(helper.make_node("Gemm", ["f", "w", "bias"], ["logits"], alpha=0.5))
+        inits.append(init("w", w))
+    elif final == "gemm_transB1":
+        nodes.append(helper.make_node("Gemm", ["f", "w", "bias"], ["logits"], transB=1, alpha=2.0))
+        inits.append(init("w", np.ascontiguousarray(w.T)))
+    else:
+        nodes += [helper.make_node("MatMul", ["f", "w"], ["mm"]), helper.make_node("Add", ["mm", "bias"], ["logits"])]
+        inits.append(init("w", w))
+    graph = helper.make_graph(nodes, "final", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    check(model, (1, 3, 2, 2), classes=(4, 0, 2))
+    import onnxcam
+
+    ops = {n.op_type for n in onnxcam.export(model, "A").graph.node if n.name.startswith("onnxcam/")}
+    assert "Gather" in ops and "Gemm" not in ops and "MatMul" in ops  # MatMul only in the CAM tail
