@@ -120,25 +120,29 @@ def _method(b: GraphBuilder, method: str, a: str, m: str) -> tuple[str, str | No
 
 
 def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
-    """Bilinear half-pixel resize of the [B,h,w] map to [B,H,W], min-max normalised per image."""
+    """Bilinear half-pixel resize of the [B,h,w] map to [B,1,H,W], min-max normalised per image.
+
+    Per pixel only ``(resized − min) · inv_span``; ``inv_span`` is per image and 0 where the map is
+    constant, so such images come out all zero.
+    """
     batch = b.slice(b.shape(cam_map), [0], [1], [0], hint="batch")
     sizes = b.op("Concat", [batch, b.ints([1, *input_hw], "heatmap_size")], "resize_sizes", axis=0)
     resized = b.op("Resize", [b.unsqueeze(cam_map, [1]), "", "", sizes], "resized",
                    mode="linear", coordinate_transformation_mode="half_pixel")
-    resized = b.squeeze(resized, [1], "resized_3d")
     # Constancy is decided on the low-resolution map: resizing a constant map is not exactly constant
     # in float32, and normalising that rounding noise would invent structure.
     zero = b.const(np.float32(0.0), "zero_f32")
-    map_low = b.reduce("ReduceMin", cam_map, [1, 2], keepdims=True, hint="lowres_min")
-    map_high = b.reduce("ReduceMax", cam_map, [1, 2], keepdims=True, hint="lowres_max")
+    map_low = b.reduce("ReduceMin", cam_map, [1, 2], keepdims=False, hint="lowres_min")
+    map_high = b.reduce("ReduceMax", cam_map, [1, 2], keepdims=False, hint="lowres_max")
     varies = b.op("Greater", [b.op("Sub", [map_high, map_low]), zero], "map_varies")
-    low = b.reduce("ReduceMin", resized, [1, 2], keepdims=True, hint="map_min")
-    high = b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max")
+    low = b.reduce("ReduceMin", resized, [1, 2, 3], keepdims=True, hint="map_min")
+    high = b.reduce("ReduceMax", resized, [1, 2, 3], keepdims=True, hint="map_max")
     span = b.op("Sub", [high, low], "map_span")
-    usable = b.op("And", [varies, b.op("Greater", [span, zero])], "span_usable")
-    safe_span = b.op("Where", [usable, span, b.const(np.float32(1.0), "one_f32")], "safe_span")
-    normalised = b.op("Div", [b.op("Sub", [resized, low]), safe_span], "normalised")
-    return b.op("Where", [usable, normalised, zero], "heatmap")
+    usable = b.op("And", [b.op("Reshape", [varies, b.ints([-1, 1, 1, 1], "per_image")]), b.op("Greater", [span, zero])],
+                  "span_usable")
+    one = b.const(np.float32(1.0), "one_f32")
+    inv_span = b.op("Where", [usable, b.op("Div", [one, b.op("Where", [usable, span, one])]), zero], "inv_span")
+    return b.op("Mul", [b.op("Sub", [resized, low]), inv_span], "heatmap")
 
 
 def fused_heatmap(b: GraphBuilder, heatmaps: list[str]) -> str:
