@@ -31,9 +31,12 @@ SMOOTH_BAND = {np.dtype(np.float32): 0.1, np.dtype(np.float64): 1e-3, np.dtype(n
 Derivative = Callable[[RuleContext, str], str]
 #: Emits a tensor that labels which piece of a piecewise function each element lies in.
 Piece = Callable[[RuleContext, str], str]
+#: Emits an exact closed-form secant ``(f(z) − f(z'))/(z − z')`` from ``z`` and ``z'``.
+Secant = Callable[[RuleContext, str, str], str]
 
 
-def rescale(ctx: RuleContext, g: str, derivative: Derivative, smooth: bool, piece: Piece | None = None) -> str:
+def rescale(ctx: RuleContext, g: str, derivative: Derivative, smooth: bool, piece: Piece | None = None,
+            secant: Secant | None = None) -> str:
     """Emit ``g ⊙ slope`` where ``slope`` is the Rescale secant with its derivative fallback.
 
     In gradient mode (Grad-CAM family) the slope is the plain derivative ``f'(z)``.
@@ -44,6 +47,8 @@ def rescale(ctx: RuleContext, g: str, derivative: Derivative, smooth: bool, piec
     if ctx.gradient_mode:
         return b.op("Mul", [g, derivative(ctx, z)], "gradient")
     z_ref = ctx.ref(z_name)
+    if secant is not None:  # an exact closed form, valid for every Δz
+        return b.op("Mul", [g, secant(ctx, z, z_ref)], "rescale")
     dz = b.op("Sub", [z, z_ref], "dz")
     dy = b.op("Sub", [y, ctx.ref(y_name)], "dy")
     if smooth:
@@ -74,11 +79,12 @@ def _as_float(ctx: RuleContext, mask: str) -> str:
     return ctx.b.op("Cast", [mask], "mask", to=helper.np_dtype_to_tensor_dtype(ctx.dtype(ctx.input(0))))
 
 
-def _single(ctx: RuleContext, g: Multipliers, derivative: Derivative, smooth: bool, piece: Piece | None = None) -> Multipliers:
+def _single(ctx: RuleContext, g: Multipliers, derivative: Derivative, smooth: bool, piece: Piece | None = None,
+            secant: Secant | None = None) -> Multipliers:
     extra = [ctx.input(i) for i in range(1, len(ctx.node.input)) if ctx.is_varying(i)]
     if extra:
         raise ctx.error(f"parameters {extra} depend on the target tensor; only the first input may")
-    return [rescale(ctx, g[0], derivative, smooth, piece)] + [None] * (len(ctx.node.input) - 1)
+    return [rescale(ctx, g[0], derivative, smooth, piece, secant)] + [None] * (len(ctx.node.input) - 1)
 
 
 def _pieces(*breaks: float) -> Piece:
@@ -134,26 +140,61 @@ def clip(ctx: RuleContext, g: Multipliers) -> Multipliers:
     return _single(ctx, g, derivative, smooth=False, piece=_pieces(*breaks) if breaks else None)
 
 
+def _sinhc(c: RuleContext, u: str) -> str:
+    """``sinh(u)/u`` (1 + u²/6 near 0, where the quotient is 0/0)."""
+    b = c.b
+    u2 = b.op("Mul", [u, u])
+    series = b.op("Add", [c.const(1.0, "one"), b.op("Mul", [u2, c.const(1.0 / 6.0, "sixth")])], "sinhc_series")
+    tiny = b.op("Less", [b.op("Abs", [u]), c.const(1e-3, "sinhc_small")])
+    safe_u = b.op("Where", [tiny, c.const(1.0, "one"), u])
+    return b.op("Where", [tiny, series, b.op("Div", [b.op("Sinh", [safe_u]), safe_u])], "sinhc")
+
+
+def _tanh_secant(c: RuleContext, a: str, a_ref: str, scale: float) -> str:
+    """Exact secant of ``tanh(scale·z)`` between ``a`` and ``a_ref``, free of cancellation:
+
+    ``(tanh(sa) − tanh(sb))/(a − b) = s · sinhc(s(a − b)) / (cosh(sa) · cosh(sb))``.
+    Saturated ends make the cosh product overflow to inf and the secant correctly 0; where ``a`` and
+    ``a_ref`` are very far apart (|s·Δ| > 40), the plain quotient is exact enough and is used.
+    """
+    b = c.b
+    sa, sb = (a, a_ref) if scale == 1.0 else (b.op("Mul", [a, c.const(scale, "scale")]), b.op("Mul", [a_ref, c.const(scale, "scale")]))
+    delta = b.op("Sub", [sa, sb], "scaled_delta")
+    closed = b.op("Div", [b.op("Mul", [_sinhc(c, delta), c.const(scale, "scale")]),
+                          b.op("Mul", [b.op("Cosh", [sa]), b.op("Cosh", [sb])])], "tanh_secant")
+    far = b.op("Greater", [b.op("Abs", [delta]), c.const(40.0, "far")])
+    quotient = b.op("Div", [b.op("Sub", [b.op("Tanh", [sa]), b.op("Tanh", [sb])]),
+                            b.op("Where", [far, b.op("Sub", [a, a_ref]), c.const(1.0, "one")])], "tanh_quotient")
+    return b.op("Where", [far, quotient, closed], "tanh_secant_safe")
+
+
 @register("Sigmoid")
 def sigmoid(ctx: RuleContext, g: Multipliers) -> Multipliers:
-    """Sigmoid: Rescale, midpoint derivative ``σ(p)(1 − σ(p))``."""
+    """Sigmoid ``σ(z) = ½(1 + tanh(z/2))``: exact, cancellation-free secant ``½ · tanh-secant at scale ½``.
+
+    (In float32, ``σ(z) − σ(z')`` between two saturated values cancels whatever ``|z − z'|`` is —
+    e.g. squeeze-and-excitation gates — so the secant is computed in closed form.)
+    """
 
     def derivative(c: RuleContext, p: str) -> str:
         s = c.b.op("Sigmoid", [p])
         return c.b.op("Mul", [s, c.b.op("Sub", [c.const(1.0, "one"), s])], "dsigmoid")
 
-    return _single(ctx, g, derivative, smooth=True)
+    def secant(c: RuleContext, z: str, z_ref: str) -> str:
+        return c.b.op("Mul", [_tanh_secant(c, z, z_ref, 0.5), c.const(0.5, "half")], "sigmoid_secant")
+
+    return _single(ctx, g, derivative, smooth=True, secant=secant)
 
 
 @register("Tanh")
 def tanh(ctx: RuleContext, g: Multipliers) -> Multipliers:
-    """Tanh: Rescale, midpoint derivative ``1 − tanh²(p)``."""
+    """Tanh: exact, cancellation-free secant ``sinhc(Δ) / (cosh z · cosh z')``."""
 
     def derivative(c: RuleContext, p: str) -> str:
         t = c.b.op("Tanh", [p])
         return c.b.op("Sub", [c.const(1.0, "one"), c.b.op("Mul", [t, t])], "dtanh")
 
-    return _single(ctx, g, derivative, smooth=True)
+    return _single(ctx, g, derivative, smooth=True, secant=lambda c, z, z_ref: _tanh_secant(c, z, z_ref, 1.0))
 
 
 def _smooth(ctx: RuleContext, g: Multipliers, derivative: Derivative) -> Multipliers:
