@@ -26,6 +26,8 @@ class GraphBuilder:
             self._taken.update(node.output)
             self._taken.add(node.name)
         self._const_cache: dict[tuple, str] = {}
+        #: static trailing dims of tensors the tail creates (e.g. the map's (h, w))
+        self.static_shapes: dict[str, tuple[int, ...]] = {}
 
     # -- names ---------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:

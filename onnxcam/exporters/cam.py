@@ -71,8 +71,12 @@ def class_and_seed(b: GraphBuilder, logits: str, num_classes: int, top_k: int | 
 
 
 def cam_outputs(b: GraphBuilder, activations: str, sweep: str, target_shape, input_hw, method: str,
-                names: Names, top_k: int | None) -> str:
-    """Emit coefficients, map and heatmap of one layer; returns the heatmap's name."""
+                names: Names, top_k: int | None, spatially_constant: str | None = None) -> str:
+    """Emit coefficients, map and heatmap of one layer; returns the heatmap's name.
+
+    ``spatially_constant``: when the sweep's result is a [B,K,1,1] tensor broadcast over space (a
+    global-average-pool head), that tensor — then ``φ_k = m_k · Σ_ij A_kij`` needs no [B,K,h,w] product.
+    """
     k, h, w = target_shape
     batch_shape = [-1] if top_k is None else [-1, top_k]
 
@@ -80,12 +84,21 @@ def cam_outputs(b: GraphBuilder, activations: str, sweep: str, target_shape, inp
         """Expose ``tensor`` [B, *rest] as ``name`` with shape [N, (k,) *rest]."""
         return b.op_named("Reshape", [tensor, b.ints([*batch_shape, *rest], "out_shape")], name)
 
-    coefficients, weighted = _method(b, method, activations, sweep)
+    if spatially_constant is not None and method in ("liftcam", "gradcam"):
+        m = b.op("Reshape", [spatially_constant, b.ints([0, k], "channels")], "multiplier_per_channel")
+        if method == "liftcam":
+            sums = b.reduce("ReduceSum", activations, [2, 3], False, "activation_sums")
+            coefficients, weighted = b.op("Mul", [sums, m], "coefficients"), None
+        else:
+            coefficients, weighted = m, None
+    else:
+        coefficients, weighted = _method(b, method, activations, sweep)
     out(names.OUTPUT_COEFFICIENTS, coefficients, [k])
     if weighted is None:  # channel weights: one batched MatMul instead of materialising φ ⊙ A
         flat = b.op("Reshape", [activations, b.ints([0, k, h * w], "flat_shape")], "activations_flat")
         weighted = b.op("MatMul", [b.unsqueeze(coefficients, [1]), flat], "weighted_sum")
     cam_map = b.op("Relu", [b.op("Reshape", [weighted, b.ints([-1, h, w], "map_shape")], "map_linear")], "map")
+    b.static_shapes[cam_map] = (h, w)
     out(names.OUTPUT_MAP, cam_map, [h, w])
     heatmap = _heatmap(b, cam_map, input_hw)
     return out(names.OUTPUT_HEATMAP, heatmap, list(input_hw))
@@ -120,29 +133,53 @@ def _method(b: GraphBuilder, method: str, a: str, m: str) -> tuple[str, str | No
 
 
 def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
-    """Bilinear half-pixel resize of the [B,h,w] map to [B,1,H,W], min-max normalised per image.
+    """Bilinear half-pixel resize of the [B,h,w] map to [B,H,W], min-max normalised per image.
 
     Per pixel only ``(resized − min) · inv_span``; ``inv_span`` is per image and 0 where the map is
     constant, so such images come out all zero.
     """
-    batch = b.slice(b.shape(cam_map), [0], [1], [0], hint="batch")
-    sizes = b.op("Concat", [batch, b.ints([1, *input_hw], "heatmap_size")], "resize_sizes", axis=0)
-    resized = b.op("Resize", [b.unsqueeze(cam_map, [1]), "", "", sizes], "resized",
-                   mode="linear", coordinate_transformation_mode="half_pixel")
+    # Bilinear half-pixel interpolation is separable: resized = R_h · L · R_wᵀ with constant
+    # interpolation matrices (exactly Resize(linear, half_pixel)'s weights); two small MatMuls.
+    h, w = _static_hw(b, cam_map)
+    rows = b.const(bilinear_matrix(input_hw[0], h), "resize_rows")
+    cols = b.const(bilinear_matrix(input_hw[1], w).T.copy(), "resize_cols")
+    resized = b.op("MatMul", [rows, b.op("MatMul", [cam_map, cols], "resize_w")], "resized")
     # Constancy is decided on the low-resolution map: resizing a constant map is not exactly constant
     # in float32, and normalising that rounding noise would invent structure.
     zero = b.const(np.float32(0.0), "zero_f32")
     map_low = b.reduce("ReduceMin", cam_map, [1, 2], keepdims=False, hint="lowres_min")
     map_high = b.reduce("ReduceMax", cam_map, [1, 2], keepdims=False, hint="lowres_max")
     varies = b.op("Greater", [b.op("Sub", [map_high, map_low]), zero], "map_varies")
-    low = b.reduce("ReduceMin", resized, [1, 2, 3], keepdims=True, hint="map_min")
-    high = b.reduce("ReduceMax", resized, [1, 2, 3], keepdims=True, hint="map_max")
+    low = b.reduce("ReduceMin", resized, [1, 2], keepdims=True, hint="map_min")
+    high = b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max")
     span = b.op("Sub", [high, low], "map_span")
-    usable = b.op("And", [b.op("Reshape", [varies, b.ints([-1, 1, 1, 1], "per_image")]), b.op("Greater", [span, zero])],
+    usable = b.op("And", [b.op("Reshape", [varies, b.ints([-1, 1, 1], "per_image")]), b.op("Greater", [span, zero])],
                   "span_usable")
     one = b.const(np.float32(1.0), "one_f32")
     inv_span = b.op("Where", [usable, b.op("Div", [one, b.op("Where", [usable, span, one])]), zero], "inv_span")
     return b.op("Mul", [b.op("Sub", [resized, low]), inv_span], "heatmap")
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """``R`` [out, in] with ``R @ v`` = linear interpolation of ``v`` at half-pixel centres.
+
+    Source coordinate ``x = (i + ½)·in/out − ½``, clamped at 0; weights ``1 − λ`` and ``λ`` on
+    ``⌊x⌋`` and ``min(⌊x⌋ + 1, in − 1)`` — PyTorch ``align_corners=False`` and ONNX
+    ``Resize(mode="linear", coordinate_transformation_mode="half_pixel")``.
+    """
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        x = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
+        x0 = min(int(np.floor(x)), in_size - 1)
+        x1 = min(x0 + 1, in_size - 1)
+        lam = x - x0 if x0 < in_size - 1 else 0.0
+        matrix[i, x0] += 1.0 - lam
+        matrix[i, x1] += lam
+    return matrix.astype(np.float32)
+
+
+def _static_hw(b: GraphBuilder, cam_map: str) -> tuple[int, int]:
+    return b.static_shapes[cam_map]
 
 
 def fused_heatmap(b: GraphBuilder, heatmaps: list[str]) -> str:

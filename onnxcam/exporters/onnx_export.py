@@ -178,7 +178,7 @@ def export(
         sweep = reverse_sweep(state, seed)
         names_i = Names(f"_{i}" if multi else "")
         heatmaps.append(cam_outputs(builder, state.runtime(head.target), sweep, target_shape, input_shape[1:],
-                                    method, names_i, top_k))
+                                    method, names_i, top_k, state.spatially_constant.get(sweep)))
         if raw:
             if probed[head.target].dtype == np.float32:
                 builder.op_named("Identity", [head.target], names_i.OUTPUT_ACTIVATIONS)

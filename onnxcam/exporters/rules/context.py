@@ -39,6 +39,8 @@ class SweepState:
     tile: int = 1
     #: multiplier tensors known to be one-hot rows (the seed) -> their class indices [B]
     one_hot: dict[str, str] = field(default_factory=dict)
+    #: multiplier tensors that are a [B,K,1,1] tensor broadcast over space -> that tensor
+    spatially_constant: dict[str, str] = field(default_factory=dict)
     _ref_names: dict[str, str] = field(default_factory=dict)
     _tiled: dict[str, str] = field(default_factory=dict)
 

@@ -135,12 +135,10 @@ def gemm(ctx: RuleContext, g: Multipliers) -> Multipliers:
         rows = _gather_rows(ctx, weight, classes, transposed=not trans_b)
         scaled = rows if alpha == 1.0 else ctx.b.op("Mul", [rows, ctx.const(alpha, "alpha")], "gemm_alpha")
         return [scaled] + [None] * (len(ctx.node.input) - 1)
-    # g·op(B)ᵀ: op(B)ᵀ is B when transB else Bᵀ.
-    if trans_a:
-        # m_A = (g·op(B)ᵀ)ᵀ = op(B)·gᵀ
-        grad = ctx.b.op("Gemm", [weight, g[0]], "gemm_back", alpha=alpha, transA=trans_b, transB=1)
-    else:
-        grad = ctx.b.op("Gemm", [g[0], weight], "gemm_back", alpha=alpha, transB=1 - trans_b)
+    # (g·op(B)ᵀ)ᵀ = op(B)·gᵀ, with the weight as Gemm's *A* operand: onnxruntime prepacks constant
+    # B operands, so Gemm(g, W) would keep a second packed copy of W (VGG16: +400 MB).
+    transposed = ctx.b.op("Gemm", [weight, g[0]], "gemm_back", alpha=alpha, transA=trans_b, transB=1)
+    grad = transposed if trans_a else ctx.b.op("Transpose", [transposed], "gemm_back_t", perm=[1, 0])
     return [grad] + [None] * (len(ctx.node.input) - 1)
 
 
@@ -155,6 +153,10 @@ def matmul(ctx: RuleContext, g: Multipliers) -> Multipliers:
     classes = ctx.one_hot_classes(g[0])
     if classes is not None and len(ctx.shape(ctx.input(0))) == 2:
         return [_gather_rows(ctx, ctx.value(weight), classes, transposed=True), None]  # g·Wᵀ = W[:, c]ᵀ
+    if len(ctx.shape(ctx.input(0))) == 2:
+        # (W·gᵀ)ᵀ: the weight stays the A operand (no transposed or prepacked copy of W).
+        g_t = ctx.b.op("Transpose", [g[0]], "matmul_g_t", perm=[1, 0])
+        return [ctx.b.op("Transpose", [ctx.b.op("MatMul", [ctx.value(weight), g_t], "matmul_back")], "matmul_back_t", perm=[1, 0]), None]
     w_t = ctx.b.op("Transpose", [ctx.value(weight)], "matmul_wT", perm=[1, 0])
     return [ctx.b.op("MatMul", [g[0], w_t], "matmul_back"), None]
 
@@ -282,7 +284,9 @@ def global_average_pool(ctx: RuleContext, g: Multipliers) -> Multipliers:
     x = ctx.input(0)
     count = int(np.prod(ctx.shape(x)[2:]))
     scaled = ctx.b.op("Mul", [g[0], ctx.const(1.0 / count, "inv_count")], "gap_scaled")
-    return [ctx.b.op("Expand", [scaled, ctx.b.shape(ctx.value(x))], "gap_back")]
+    grad = ctx.b.op("Expand", [scaled, ctx.b.shape(ctx.value(x))], "gap_back")
+    ctx.state.spatially_constant[grad] = scaled  # [B,K,1,1]: lets the CAM tail skip the expansion
+    return [grad]
 
 
 @register("ReduceMean", "ReduceSum")
