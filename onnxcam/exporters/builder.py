@@ -70,6 +70,20 @@ class GraphBuilder:
     def ints(self, values: Sequence[int], hint: str = "ints") -> str:
         return self.const(np.asarray(list(values), dtype=np.int64), hint)
 
+    def prune(self, wanted: set[str]) -> None:
+        """Drop added nodes (and then initializers) that no tensor in ``wanted`` depends on.
+
+        onnxruntime runs dead nodes too, so e.g. a multiplier the tail ended up not needing must go.
+        """
+        live = set(wanted)
+        kept = []
+        for node in reversed(self.nodes):
+            if any(o in live for o in node.output):
+                kept.append(node)
+                live.update(i for i in node.input if i)
+        self.nodes = kept[::-1]
+        self.initializers = [i for i in self.initializers if i.name in live]
+
     # -- opset-aware helpers ------------------------------------------------------------------
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool, hint: str | None = None) -> str:
         """ReduceSum/ReduceMean/ReduceMax/ReduceMin over ``axes`` (axes as input from opset 13/18)."""

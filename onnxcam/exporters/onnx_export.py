@@ -191,13 +191,15 @@ def export(
     if fused:
         fused_heatmap(builder, heatmaps)
 
+    infos = output_infos(num_classes, layer_names, input_shape[1:], raw, top_k, fused,
+                         image.type.tensor_type.shape.dim[0].dim_param or "N")
+    builder.prune({i.name for i in infos})
     graph = proto.graph
     graph.node.extend(builder.nodes)
     graph.initializer.extend(builder.initializers)
     batch = image.type.tensor_type.shape.dim[0].dim_param or "N"  # share the model's batch axis name
     target_dims = [batch] if top_k is None else [batch, top_k]
     graph.input.append(onnx.helper.make_tensor_value_info(contract.INPUT_TARGET, onnx.TensorProto.INT64, target_dims))
-    infos = output_infos(num_classes, layer_names, input_shape[1:], raw, top_k, fused, batch)
     graph.output.extend(infos)
     meta = {
         contract.META_VERSION: __version__,
