@@ -29,7 +29,7 @@ CASES = [
     ("mobilenet_v2", "features.14", 64),
     ("mobilenet_v2", "features.18", 64),
     ("squeezenet1_1", "features.12", 64),
-    pytest.param("vgg16", "features.29", 224, marks=pytest.mark.slow),
+    ("vgg16", "features.29", 224),
 ]
 
 

@@ -29,7 +29,7 @@ GRAD_CAM_CLASSES = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
     "hirescam": "HiResCAM", "layercam": "LayerCAM",
 }
-MODELS = [("resnet50", "layer4", 64), pytest.param("vgg16", "features.29", 224, marks=pytest.mark.slow)]
+MODELS = [("resnet50", "layer4", 64), ("vgg16", "features.29", 224)]
 _cache: dict = {}
 
 
