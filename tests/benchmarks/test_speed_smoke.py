@@ -126,14 +126,32 @@ def test_command_line_defaults():
         speed.parse_args(["--models", "nope"])
 
 
+def run_job(spec: dict, tmp: Path) -> dict:
+    """Run a worker job in its own process, as the harness does (`python -m benchmarks.worker`).
+
+    Jobs install onnxruntime's *global* thread pool, after which this process could no longer create
+    ordinary sessions; running them in-process broke every later test that uses onnxruntime.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
+    index = len(list(tmp.glob("spec_*.json")))
+    spec_path, result_path = tmp / f"spec_{index}.json", tmp / f"result_{index}.json"
+    spec_path.write_text(json.dumps(dict(spec, result=str(result_path))))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(spec_path)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(result_path.read_text())
+
+
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     import torch
 
     threads = torch.get_num_threads()
     cache = tmp_path_factory.mktemp("bench_cache")
-    record = worker.run_job({"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2})["models"]["tiny"]
-    again = worker.run_job({"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2})["models"]["tiny"]
+    jobs = tmp_path_factory.mktemp("bench_jobs")
+    record = run_job({"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2}, jobs)["models"]["tiny"]
+    again = run_job({"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2}, jobs)["models"]["tiny"]
     assert again["cached"] and not record["cached"]
     yield record
     torch.set_num_threads(threads)
@@ -146,18 +164,18 @@ def test_jobs_on_a_tiny_model(tiny_export, tmp_path):
     jobs = {}
     for batch in (1, 2):
         spec = dict(base, batch=batch)
-        jobs = {"mem_floor": worker.run_job(dict(spec, kind="ort_mem", which=worker.FLOOR)),
-                "mem_cam_logits": worker.run_job(dict(spec, kind="ort_mem", which=worker.CAM_LOGITS)),
-                "ort_main": worker.run_job(dict(spec, kind="ort_main", aa=True))}
+        jobs = {"mem_floor": run_job(dict(spec, kind="ort_mem", which=worker.FLOOR), tmp_path),
+                "mem_cam_logits": run_job(dict(spec, kind="ort_mem", which=worker.CAM_LOGITS), tmp_path),
+                "ort_main": run_job(dict(spec, kind="ort_main", aa=True), tmp_path)}
         for peer in PEERS:
             if available(peer)[0]:
-                jobs[peer] = worker.run_job(dict(spec, kind="peer", peer=peer))
+                jobs[peer] = run_job(dict(spec, kind="peer", peer=peer), tmp_path)
         rows = report.build_rows("tiny", batch, jobs)
         assert {r["contender"] for r in rows} >= {worker.FLOOR, worker.CAM_ALL, worker.CAM_LOGITS, worker.FLOOR_AA}
         assert all(r["ratio_to_floor"]["rounds"] == 3 for r in rows if r["contender"] != worker.FLOOR)
-    profile = worker.run_job({"kind": "profile", "threads": 2, "runs": 2, "profile_dir": str(tmp_path / "profiles"),
-                              "models": {"tiny": dict(plain_path=base["plain_path"], cam_path=base["cam_path"],
-                                                      original_outputs=base["original_outputs"], size=32)}})["models"]
+    profile = run_job({"kind": "profile", "threads": 2, "runs": 2, "profile_dir": str(tmp_path / "profiles"),
+                       "models": {"tiny": dict(plain_path=base["plain_path"], cam_path=base["cam_path"],
+                                               original_outputs=base["original_outputs"], size=32)}}, tmp_path)["models"]
     assert set(profile["tiny"]) == {"floor", "onnxcam", "onnxcam_logits_only"}
     assert profile["tiny"]["floor"]["group_nodes_per_run"]["onnxcam"] == 0
     assert profile["tiny"]["onnxcam"]["group_nodes_per_run"]["onnxcam"] > 0
