@@ -14,8 +14,9 @@ whichever way they are spelled (``nn`` module, ``F.*``, ``torch.*``, ``Tensor`` 
   threshold, leaky_relu, prelu, rrelu (eval), elu, selu, celu, gelu, silu, mish, sigmoid, logsigmoid,
   tanh, hardsigmoid, hardswish, softplus, softsign, erf. Multiplier ``(f(z) − f(z'))/(z − z')``,
   ``f′(z)`` where ``|z − z'| < eps``;
-* **max-pool** (captum's rule, scatter-add for overlapping windows, first max on ties, per-sample
-  plain-gradient fallback where ``|x − x'| < eps``): max_pool1d/2d/3d, adaptive_max_pool1d/2d/3d;
+* **max-pool** (captum's rule, scatter-add for overlapping windows, per-sample plain-gradient
+  fallback where ``|x − x'| < eps``; ties, including values equal up to rounding noise, go to the
+  first maximum, see :class:`PoolWindows`): max_pool1d/2d/3d, adaptive_max_pool1d/2d/3d;
 * **two-factor Shapley product** for ``mul`` when *both* factors depend on ``A`` (squeeze-and-
   excitation gates, ``x * sigmoid(x)``): ``m_a = g·(b + b')/2``, ``m_b = g·(a + a')/2``
   (summed over broadcast axes);
@@ -41,8 +42,16 @@ complete except where some ``Δz_j`` vanishes while ``Δs_j`` does not. No torch
 Softmax inside the head; the choice matters only for custom heads.
 
 In-place variants (``F.relu(x, inplace=True)``, ``relu_``, ``x *= y``) are computed out of place and
-the new tensor is returned (torchvision always uses the returned value). ``make_classifier`` builds
-any torchvision classifier with the non-degenerate random weights of ``models.make_model``.
+the new tensor is returned (torchvision always uses the returned value).
+
+Each call also counts (``ambiguous`` in the result) the elements whose rule decision would flip under
+a perturbation of 1e-6 relative: a ReLU input on its kink, a max-pool argmax decided by less than
+that. There a float32 graph may legitimately take the other side (the float64 ground truth is not
+defined at fp32 resolution); ``benchmarks/coverage.py`` redraws the images when such a case fails.
+
+``make_classifier`` builds any torchvision classifier with random, non-degenerate, fp32-well-conditioned
+weights (``make_model``'s recipe generalised: BatchNorm statistics calibrated then perturbed, zero
+biases randomised).
 """
 from __future__ import annotations
 
@@ -91,15 +100,18 @@ MAXPOOL_NAMES = frozenset({
     "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
 })
 MUL_NAMES = frozenset({"mul", "multiply", "__mul__", "__rmul__", "__imul__"})
-DIV_NAMES = frozenset({"div", "divide", "true_divide", "__truediv__", "__itruediv__", "__rtruediv__"})
+DIV_NAMES = frozenset({"div", "divide", "true_divide", "__truediv__", "__itruediv__"})  # numerator first
+#: Products of two operands: linear only when exactly one operand depends on ``A``.
+BILINEAR_NAMES = frozenset({"matmul", "mm", "bmm", "addmm", "einsum", "__matmul__", "__rmatmul__"})
 SOFTMAX_NAMES = frozenset({"softmax"})
 
 #: Operations that are linear in their inputs that depend on ``A`` (ordinary gradient = DeepLIFT).
-#: ``mul``/``div`` are linear when only one factor (the numerator) depends on ``A``; checked per call.
+#: ``mul``/``div``/``BILINEAR_NAMES`` are linear when only one factor (for ``div``: the numerator)
+#: depends on ``A``; checked per call.
 LINEAR_NAMES = frozenset({
     # affine layers / normalisation in inference form
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "linear", "bilinear_constant", "batch_norm", "matmul", "mm", "addmm",
+    "linear", "batch_norm",
     # sums, differences, scalings
     "add", "__add__", "__radd__", "__iadd__", "sub", "subtract", "__sub__", "__rsub__", "__isub__",
     "neg", "__neg__", "negative", "sum", "mean",
@@ -144,6 +156,15 @@ def _depends(x: Any) -> bool:
     if isinstance(x, (list, tuple)):
         return any(_depends(v) for v in x)
     return False
+
+
+def _count_varying(x: Any) -> int:
+    """Number of tensors (lists/tuples flattened) that depend on ``A``."""
+    if isinstance(x, torch.Tensor):
+        return int(x.requires_grad)
+    if isinstance(x, (list, tuple)):
+        return sum(_count_varying(v) for v in x)
+    return 0
 
 
 def _label(func: Callable) -> str:
@@ -535,6 +556,9 @@ class _DeepLiftMode(TorchFunctionMode):
             self.trace.linear[name] = self.trace.linear.get(name, 0) + 1
             return out
         if name in DIV_NAMES and len(args) >= 2 and not _depends(args[1]):
+            self.trace.linear[name] = self.trace.linear.get(name, 0) + 1
+            return out
+        if name in BILINEAR_NAMES and _count_varying(list(args) + list(kwargs.values())) == 1:
             self.trace.linear[name] = self.trace.linear.get(name, 0) + 1
             return out
         self._no_rule(func, "called on a tensor that depends on A and not known to be linear")

@@ -392,3 +392,18 @@ def test_pool_windows_ties_within_rounding_go_to_the_first_maximum():
     assert pool.ambiguous(x, 1e-12, 1e-6) == 0
     assert pool.ambiguous(x + torch.tensor([0.0, 1e-8, 0.0, 0.0], dtype=torch.float64).view(1, 1, 2, 2),
                           1e-12, 1e-6) == 1
+
+
+@pytest.mark.parametrize("head_fn,linear", [
+    (lambda n, a: n.conv(a) @ torch.eye(8, dtype=a.dtype), True),  # product with a constant: linear
+    (lambda n, a: n.conv(a) @ n.conv(a).transpose(2, 3), False),  # attention-like: no rule
+    (lambda n, a: 1.0 / (F.relu(n.conv(a)) + 1), False),  # reciprocal (__rtruediv__)
+    (lambda n, a: n.conv(a) / 3.0, True),
+])
+def test_products_and_divisions(head_fn, linear):
+    if linear:
+        ref, _ = _ref(Net(head_fn))
+        assert _completeness(ref) <= COMPLETENESS_TOL
+    else:
+        with pytest.raises(NoRuleError, match="matmul|rdiv|rtruediv"):
+            _ref(Net(head_fn))
