@@ -77,6 +77,8 @@ def export_torch(
             )
     finally:
         module.train(was_training)
+        if wrapper.handle is not None:
+            wrapper.handle.remove()
     proto = onnx.load_from_string(buffer.getvalue())
 
     target = None
@@ -100,12 +102,15 @@ class _Capture:
                 self.module = module
                 self.captured = None
                 self.calls = 0
-                if target_layer is not None:
-                    target_layer.register_forward_hook(self._hook)
+                self.handle = target_layer.register_forward_hook(self._hook) if target_layer is not None else None
 
             def _hook(self, _module, _inputs, output):
+                # The rest of the network gets a copy: an in-place op after the target (DenseNet's
+                # F.relu(..., inplace=True) after norm5) would otherwise change the captured tensor,
+                # and the exported target would silently be the *next* op's output.
                 self.calls += 1
                 self.captured = output
+                return output.clone()
 
             def forward(self, x):
                 self.calls = 0

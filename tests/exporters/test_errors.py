@@ -193,3 +193,33 @@ def test_constant_nonzero_map_gives_zero_heatmap():
     positive = cam_map.reshape(16, -1).max(axis=1) > 0
     assert positive.any() and np.all(cam_map.min(axis=(1, 2)) == cam_map.max(axis=(1, 2)))
     assert np.all(heat == 0)
+
+
+def test_export_torch_target_is_the_module_output_even_before_an_inplace_op():
+    """DenseNet-style: F.relu(x, inplace=True) right after the target module must not leak into A."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(4)
+            self.fc = torch.nn.Linear(4, 5)
+
+        def forward(self, x):
+            y = torch.nn.functional.relu(self.norm(self.conv(x)), inplace=True)
+            return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+    net = Net().eval()
+    with torch.no_grad():
+        net.norm.running_mean.normal_()
+    cam = onnxcam.export_torch(net, torch.zeros(1, 3, 8, 8), net.norm, raw=True)
+    x = torch.randn(2, 3, 8, 8)
+    sess = ort.InferenceSession(cam.SerializeToString(), providers=["CPUExecutionProvider"])
+    (a,) = sess.run(["onnxcam_activations"], {"input": x.numpy(), "onnxcam_target": np.array([-1, -1])})
+    with torch.no_grad():
+        expected = net.norm(net.conv(x)).numpy()
+    assert (expected < 0).any()  # the ReLU would have changed it
+    np.testing.assert_allclose(a, expected, rtol=1e-5, atol=1e-5)
+    assert not net.norm._forward_hooks  # the capture hook is removed after export
