@@ -67,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .liftcam import EPS, _resolve_classes, cam_from_coefficients
+from .liftcam import EPS, _resolve_classes, liftcam_result
 from .torchvision_shim import import_torchvision
 
 __all__ = [
@@ -809,27 +809,10 @@ def deeplift_reference(
         replace.value = None
     logits = y.detach()
     m = m.detach()
-    C = A64 * m
-    phi = C.flatten(2).sum(dim=2)
-    L, heat = cam_from_coefficients(A64, phi, input_hw)
-    y_c = logits.gather(1, classes.view(-1, 1))[:, 0]
-    y0_c = zero_logits[classes]
-    return {
-        "logits": logits.numpy(),
-        "classes": classes.numpy().astype(np.int64),
-        "multipliers": m.numpy(),
-        "contributions": C.numpy(),
-        "coefficients": phi.numpy(),
-        "map": L.numpy(),
-        "heatmap": heat.numpy(),
-        "logit_at_zero": y0_c.numpy(),
-        "completeness_error": (phi.sum(dim=1) - (y_c - y0_c)).numpy(),
-        "convergence_delta": None,
-        "rules": dict(trace.counts),
-        "linear_ops": dict(trace.linear),
-        "unclassified": dict(trace.unclassified),
-        "ambiguous": dict(trace.ambiguous),
-    }
+    result = liftcam_result(A64, m, logits, zero_logits, classes, input_hw)
+    result.update(rules=dict(trace.counts), linear_ops=dict(trace.linear), unclassified=dict(trace.unclassified),
+                  ambiguous=dict(trace.ambiguous))
+    return result
 
 
 def _check_separation(net: nn.Module, replace: _ReplaceOutput, channels: int, input_hw) -> None:

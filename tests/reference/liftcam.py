@@ -420,6 +420,13 @@ def liftcam_reference(
         m, delta = deeplift_multipliers_autograd(h, A, classes, eps=eps), None
     else:
         raise ValueError(f"method must be 'captum' or 'autograd', got {method!r}")
+    return liftcam_result(A, m, logits, zero_logits, classes, input_hw, delta)
+
+
+def liftcam_result(A: torch.Tensor, m: torch.Tensor, logits: torch.Tensor, zero_logits: torch.Tensor,
+                   classes: torch.Tensor, input_hw: tuple[int, int], delta: torch.Tensor | None = None) -> dict:
+    """The result dict of :func:`liftcam_reference` from the multipliers: ``C = A ⊙ m``, ``φ = Σ_ij C``,
+    map and heatmap, ``y_c(0)`` and the completeness error ``Σφ − (y_c(A) − y_c(0))``."""
     C = A * m
     phi = C.flatten(2).sum(dim=2)
     L, heat = cam_from_coefficients(A, phi, input_hw)
