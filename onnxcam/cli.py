@@ -84,11 +84,11 @@ def _layers_parser(sub) -> None:
 
 
 def _run_layers(args) -> int:
-    from onnxcam.exporters import choose_target, list_layers
+    from onnxcam.exporters import list_layers
 
     size = tuple(args.input_size) if args.input_size else None
     layers = list_layers(args.model, output=args.explain_output, input_size=size)
-    auto = choose_target(args.model, output=args.explain_output, input_size=size)
+    auto = next((layer.name for layer in layers if layer.auto), None)
     shown = [layer for layer in layers if args.all or layer.supported]
     if args.json:
         print(json.dumps([{"name": l.name, "op_type": l.op_type, "shape": list(l.shape), "supported": l.supported,

@@ -30,6 +30,7 @@ class LayerInfo:
     shape: tuple[int, ...]
     supported: bool
     reason: str = ""
+    auto: bool = False  # the tensor ``export(target=None)`` would explain
 
 
 def auto_target(index: GraphIndex, logits: str, image: str, shapes: dict[str, tuple[int, ...]]) -> str:
@@ -60,6 +61,10 @@ def auto_target(index: GraphIndex, logits: str, image: str, shapes: dict[str, tu
 
 def candidates(index: GraphIndex, logits: str, image: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype]) -> list[LayerInfo]:
     """Every 4-D float activation the logits depend on, with whether its head can be explained."""
+    try:
+        chosen = auto_target(index, logits, image, shapes)
+    except ExportError:
+        chosen = None
     needed = index.ancestors(logits)
     data = index.depends_on([image])
     infos = []
@@ -76,5 +81,5 @@ def candidates(index: GraphIndex, logits: str, image: str, shapes: dict[str, tup
                     reason = "no rule for " + ", ".join(sorted({op for _, op in missing}))
             except ExportError as exc:
                 supported, reason = False, str(exc).split(":")[0] if "separate" not in str(exc) else "skip connection around it"
-            infos.append(LayerInfo(out, node.op_type, tuple(shapes[out][1:]), supported, reason))
+            infos.append(LayerInfo(out, node.op_type, tuple(shapes[out][1:]), supported, reason, out == chosen))
     return infos

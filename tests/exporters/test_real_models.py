@@ -155,3 +155,19 @@ def test_opset_upgrade_and_batch_rewrite_keep_the_model(models_dir):
     _, cam = exported(models_dir, "mnist_cntk.onnx", None, "mnist")
     assert next(o.version for o in cam.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert cam.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+def test_list_layers_and_cli(models_dir, capsys):
+    """Candidates carry op, shape and support; exactly one is the automatic choice; in-block tensors are refused."""
+    from onnxcam.cli import main
+
+    layers = {layer.name: layer for layer in onnxcam.list_layers(models_dir / "cifar10_resnet20.onnx")}
+    auto = [name for name, layer in layers.items() if layer.auto]
+    assert auto == ["/layer3/layer3.2/Relu_1_output_0"] == [onnxcam.exporters.choose_target(models_dir / "cifar10_resnet20.onnx")]
+    assert layers["/layer2/layer2.2/Relu_1_output_0"].shape == (32, 16, 16) and layers["/layer2/layer2.2/Relu_1_output_0"].supported
+    inside = layers["/layer3/layer3.2/conv1/Conv_output_0"]
+    assert inside.op_type == "Conv" and not inside.supported and inside.reason == "skip connection around it"
+    assert main(["layers", str(models_dir / "cifar10_resnet20.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "/layer3/layer3.2/Relu_1_output_0" in printed and "<- auto" in printed
+    assert "/layer3/layer3.2/conv1/Conv_output_0" not in printed  # unsupported ones only with --all
