@@ -295,6 +295,16 @@ def machine_info(threads: int) -> dict:
                     mem_total = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
+    git = {}
+    try:
+        import subprocess
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        git = {"commit": run("rev-parse", "HEAD") or None,
+               "onnxcam_dirty": bool(run("status", "--porcelain", "--", "onnxcam"))}
+    except (OSError, subprocess.SubprocessError):
+        pass
     packages = ["onnxcam", "onnxruntime", "onnx", "torch", "torchvision", "captum", "grad-cam", "torchcam", "numpy"]
     return {
         "cpu_model": cpu_model(),
@@ -305,5 +315,6 @@ def machine_info(threads: int) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {name: package_version(name) for name in packages},
+        "git": git,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -17,13 +17,14 @@ class ModelSpec:
     label: str  # human-readable, for the table
     target: str  # dotted submodule path of the target layer (``model.get_submodule``)
     input_size: int = 224  # square input, pixels
+    gflops: float = 0.0  # multiply-adds per image, 10^9 (orders the jobs, cheapest first)
 
 
 MODELS: dict[str, ModelSpec] = {
-    "resnet50": ModelSpec("resnet50", "ResNet-50", "layer4"),
-    "vgg16": ModelSpec("vgg16", "VGG16", "features.29"),
-    "mobilenet_v2": ModelSpec("mobilenet_v2", "MobileNetV2", "features.18"),
-    "tiny": ModelSpec("tiny", "tiny CNN (test)", "features.3", input_size=32),
+    "resnet50": ModelSpec("resnet50", "ResNet-50", "layer4", gflops=4.1),
+    "vgg16": ModelSpec("vgg16", "VGG16", "features.29", gflops=15.5),
+    "mobilenet_v2": ModelSpec("mobilenet_v2", "MobileNetV2", "features.18", gflops=0.3),
+    "tiny": ModelSpec("tiny", "tiny CNN (test)", "features.3", input_size=32, gflops=0.0001),
 }
 DEFAULT_MODELS = ("resnet50", "vgg16", "mobilenet_v2")
 

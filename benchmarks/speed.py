@@ -43,7 +43,7 @@ TIMING = {
         "1": {"main": dict(budget_s=10.0, min_rounds=10, max_rounds=200, warmup=1, mem_calls=2),
               "peer": dict(budget_s=6.0, min_rounds=8, max_rounds=100, warmup=1, mem_calls=2)},
         "many": {"main": dict(budget_s=20.0, min_rounds=5, max_rounds=60, warmup=1, mem_calls=2),
-                 "peer": dict(budget_s=8.0, min_rounds=3, max_rounds=30, warmup=1, mem_calls=2)},
+                 "peer": dict(budget_s=8.0, min_rounds=2, max_rounds=30, warmup=1, mem_calls=2)},
     },
     "quick": {
         "1": {"main": dict(budget_s=5.0, min_rounds=8, max_rounds=100, warmup=1, mem_calls=2),
@@ -71,12 +71,15 @@ def parse_args(argv):
     parser.add_argument("--no-aa", action="store_true", help="skip the A/A control (a second floor session)")
     parser.add_argument("--no-profile", action="store_true", help="skip the onnxruntime profile")
     parser.add_argument("--reexport", action="store_true", help="ignore the export cache")
+    parser.add_argument("--cam-session-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="onnxruntime session config entry for the onnxcam sessions only (repeatable), "
+                             "e.g. session.disable_prepacking=1")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="after 60%% of this, remaining jobs run their minimum rounds only; after 100%%, "
                              "they are skipped (default 18; --quick 3)")
     parser.add_argument("--idle-wait", type=float, default=None,
                         help="seconds to wait, at most, before a measurement while other processes keep more than "
-                             f"{100 * IDLE_THRESHOLD:.0f}%% of the CPUs busy (default 45; --quick 10; total at most 4x "
+                             f"{100 * IDLE_THRESHOLD:.0f}%% of the CPUs busy (default 40; --quick 10; total at most 3x "
                              "this); 0 disables")
     parser.add_argument("--job-timeout", type=float, default=900.0, help="seconds before a job is killed")
     args = parser.parse_args(argv)
@@ -91,10 +94,14 @@ def parse_args(argv):
     unknown = [p for p in args.peers if p not in PEERS]
     if unknown:
         parser.error(f"unknown peer(s) {unknown}; known: {', '.join(PEERS)}")
+    try:
+        args.cam_config = dict(item.split("=", 1) for item in args.cam_session_config)
+    except ValueError:
+        parser.error("--cam-session-config takes KEY=VALUE")
     if args.max_minutes is None:
         args.max_minutes = 3.0 if args.quick else 18.0
     if args.idle_wait is None:
-        args.idle_wait = 10.0 if args.quick else 45.0
+        args.idle_wait = 10.0 if args.quick else 40.0
     return args
 
 
@@ -107,7 +114,7 @@ class Runner:
         self.threads = threads
         self.timeout = timeout
         self.idle_wait = idle_wait
-        self.idle_wait_left = 4 * idle_wait
+        self.idle_wait_left = 3 * idle_wait
         self.count = 0
         self.env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -188,39 +195,45 @@ def run(argv=None) -> dict:
             errors.append(f"profile: {exc}")
             log(f"profile failed: {exc}")
 
-    rows = []
-    for batch in args.batches:
-        for model in args.models:
-            timing = TIMING[args.mode]["1" if batch == 1 else "many"]
-            base = {"model": model, "batch": batch, "size": MODELS[model].input_size,
-                    "plain_path": export[model]["plain_path"], "cam_path": export[model]["cam_path"],
-                    "original_outputs": export[model]["original_outputs"]}
-            jobs = {}
-            plan = [("mem_floor", dict(base, kind="ort_mem", which=FLOOR, **timing["main"])),
-                    ("mem_cam_logits", dict(base, kind="ort_mem", which=CAM_LOGITS, **timing["main"])),
-                    ("ort_main", dict(base, kind="ort_main", aa=not args.no_aa, **timing["main"]))]
-            plan += [(peer, dict(base, kind="peer", peer=peer, **timing["peer"])) for peer in peers]
-            for key, spec in plan:
-                now = time.perf_counter()
-                if now > deadline_hard:
-                    errors.append(f"{model} batch {batch} {key}: skipped, past --max-minutes {args.max_minutes:g}")
-                    log(f"skipping {model} batch {batch} {key}: past --max-minutes")
-                    continue
-                late = now > deadline_soft
-                if late:
-                    spec = dict(spec, budget_s=0.0)  # behind schedule: minimum rounds only
-                log(f"{MODELS[model].label} batch {batch}: {key}" + (" (behind schedule: minimum rounds)" if late else ""))
-                try:
-                    jobs[key] = runner(spec, wait=not late)
-                except Exception as exc:  # noqa: BLE001 - report and carry on
-                    errors.append(f"{model} batch {batch} {key}: {exc}")
-                    log(f"FAILED {model} batch {batch} {key}: {exc}")
-            new = report.build_rows(model, batch, jobs)
-            for r in new:
-                if r["contender"] != FLOOR:
-                    log(f"  {r['label']}: {r['latency_ms_per_image']['median']:.1f} ms/image, "
-                        f"x floor {r['ratio_to_floor']['median']:.3f}")
-            rows += new
+    # Phase A, every (model, batch): the onnxruntime processes (headline, memory); phase B: the
+    # PyTorch peers, cheapest (model, batch) first. Late jobs run their minimum rounds; past
+    # --max-minutes, only phase-B jobs are skipped.
+    cases = [(model, batch) for batch in args.batches for model in args.models]
+    jobs: dict[tuple[str, int], dict] = {case: {} for case in cases}
+    plan = []
+    for model, batch in cases:
+        timing = TIMING[args.mode]["1" if batch == 1 else "many"]
+        base = {"model": model, "batch": batch, "size": MODELS[model].input_size,
+                "plain_path": export[model]["plain_path"], "cam_path": export[model]["cam_path"],
+                "original_outputs": export[model]["original_outputs"], "cam_config": args.cam_config}
+        plan += [((model, batch), "mem_floor", dict(base, kind="ort_mem", which=FLOOR, **timing["main"])),
+                 ((model, batch), "mem_cam_logits", dict(base, kind="ort_mem", which=CAM_LOGITS, **timing["main"])),
+                 ((model, batch), "ort_main", dict(base, kind="ort_main", aa=not args.no_aa, **timing["main"]))]
+    for model, batch in sorted(cases, key=lambda c: c[1] * MODELS[c[0]].gflops):
+        timing = TIMING[args.mode]["1" if batch == 1 else "many"]
+        base = {"model": model, "batch": batch, "size": MODELS[model].input_size,
+                "plain_path": export[model]["plain_path"], "original_outputs": export[model]["original_outputs"]}
+        plan += [((model, batch), peer, dict(base, kind="peer", peer=peer, **timing["peer"])) for peer in peers]
+    for (model, batch), key, spec in plan:
+        now = time.perf_counter()
+        if now > deadline_hard and spec["kind"] == "peer":
+            errors.append(f"{model} batch {batch} {key}: skipped, past --max-minutes {args.max_minutes:g}")
+            log(f"skipping {model} batch {batch} {key}: past --max-minutes")
+            continue
+        late = now > deadline_soft
+        if late:
+            spec = dict(spec, budget_s=0.0)  # behind schedule: minimum rounds only
+        log(f"{MODELS[model].label} batch {batch}: {key}" + (" (behind schedule: minimum rounds)" if late else ""))
+        try:
+            result = jobs[(model, batch)][key] = runner(spec, wait=not late)
+        except Exception as exc:  # noqa: BLE001 - report and carry on
+            errors.append(f"{model} batch {batch} {key}: {exc}")
+            log(f"FAILED {model} batch {batch} {key}: {exc}")
+            continue
+        for name, ratio in result.get("ratios", {}).items():
+            log(f"  {name}: {result['contenders'][name]['latency_ms_per_image']['median']:.1f} ms/image, "
+                f"x floor {ratio['median']:.3f}")
+    rows = [r for case in cases for r in report.build_rows(*case, jobs[case])]
 
     results = {
         "schema": report.SCHEMA,
@@ -229,6 +242,7 @@ def run(argv=None) -> dict:
                      "batches": args.batches, "peers": peers, "timing": TIMING[args.mode],
                      "profile_runs": PROFILE_RUNS[args.mode], "idle_wait_s": args.idle_wait,
                      "idle_threshold": IDLE_THRESHOLD, "max_minutes": args.max_minutes,
+                     "cam_session_config": args.cam_config,
                      "image_size": {m: MODELS[m].input_size for m in args.models},
                      "targets": {m: MODELS[m].target for m in args.models}, "aa": not args.no_aa,
                      "command": "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])},

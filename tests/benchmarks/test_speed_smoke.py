@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,18 +127,27 @@ def test_command_line_defaults():
         speed.parse_args(["--models", "nope"])
 
 
-def run_job(spec: dict, tmp: Path) -> dict:
-    """Run a worker job in its own process, as the harness does (`python -m benchmarks.worker`).
+_DRIVER = """
+import json, sys
+from benchmarks import worker
+specs = json.load(open(sys.argv[1]))
+json.dump([worker.run_job(spec) for spec in specs], open(sys.argv[2], "w"))
+"""
 
-    Jobs install onnxruntime's *global* thread pool, after which this process could no longer create
-    ordinary sessions; running them in-process broke every later test that uses onnxruntime.
+
+def run_jobs(specs: list[dict], tmp: Path) -> list[dict]:
+    """Run worker jobs, in order, in one separate process (the harness runs each in its own).
+
+    Jobs install onnxruntime's *global* thread pool, after which a process can no longer create
+    ordinary sessions; running them in the pytest process broke every later test that uses
+    onnxruntime. One process for all the jobs of a test keeps the imports (torch, captum, ...) to
+    one round.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    index = len(list(tmp.glob("spec_*.json")))
-    spec_path, result_path = tmp / f"spec_{index}.json", tmp / f"result_{index}.json"
-    spec_path.write_text(json.dumps(dict(spec, result=str(result_path))))
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(spec_path)], cwd=root,
+    index = len(list(tmp.glob("specs_*.json")))
+    spec_path, result_path = tmp / f"specs_{index}.json", tmp / f"results_{index}.json"
+    spec_path.write_text(json.dumps(specs))
+    done = subprocess.run([sys.executable, "-c", _DRIVER, str(spec_path), str(result_path)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(result_path.read_text())
@@ -145,37 +155,41 @@ def run_job(spec: dict, tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
     cache = tmp_path_factory.mktemp("bench_cache")
-    jobs = tmp_path_factory.mktemp("bench_jobs")
-    record = run_job({"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2}, jobs)["models"]["tiny"]
-    again = run_job({"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2}, jobs)["models"]["tiny"]
-    assert again["cached"] and not record["cached"]
-    yield record
-    torch.set_num_threads(threads)
+    spec = {"kind": "export", "models": ["tiny"], "cache_dir": str(cache), "threads": 2}
+    first, again = run_jobs([spec, spec], tmp_path_factory.mktemp("bench_jobs"))
+    record = first["models"]["tiny"]
+    assert again["models"]["tiny"]["cached"] and not record["cached"]
+    return record
 
 
 @needs_torch_ort
 def test_jobs_on_a_tiny_model(tiny_export, tmp_path):
     base = dict(model="tiny", size=32, plain_path=tiny_export["plain_path"], cam_path=tiny_export["cam_path"],
                 original_outputs=tiny_export["original_outputs"], threads=2, **TIMING)
-    jobs = {}
+    peers = [peer for peer in PEERS if available(peer)[0]]
+    keys, specs = [], []
     for batch in (1, 2):
         spec = dict(base, batch=batch)
-        jobs = {"mem_floor": run_job(dict(spec, kind="ort_mem", which=worker.FLOOR), tmp_path),
-                "mem_cam_logits": run_job(dict(spec, kind="ort_mem", which=worker.CAM_LOGITS), tmp_path),
-                "ort_main": run_job(dict(spec, kind="ort_main", aa=True), tmp_path)}
-        for peer in PEERS:
-            if available(peer)[0]:
-                jobs[peer] = run_job(dict(spec, kind="peer", peer=peer), tmp_path)
-        rows = report.build_rows("tiny", batch, jobs)
-        assert {r["contender"] for r in rows} >= {worker.FLOOR, worker.CAM_ALL, worker.CAM_LOGITS, worker.FLOOR_AA}
-        assert all(r["ratio_to_floor"]["rounds"] == 3 for r in rows if r["contender"] != worker.FLOOR)
-    profile = run_job({"kind": "profile", "threads": 2, "runs": 2, "profile_dir": str(tmp_path / "profiles"),
-                       "models": {"tiny": dict(plain_path=base["plain_path"], cam_path=base["cam_path"],
-                                               original_outputs=base["original_outputs"], size=32)}}, tmp_path)["models"]
+        for key, extra in [("mem_floor", dict(kind="ort_mem", which=worker.FLOOR)),
+                           ("mem_cam_logits", dict(kind="ort_mem", which=worker.CAM_LOGITS)),
+                           ("ort_main", dict(kind="ort_main", aa=True))] + [(p, dict(kind="peer", peer=p)) for p in peers]:
+            keys.append((batch, key))
+            specs.append(dict(spec, **extra))
+    keys.append((None, "profile"))
+    specs.append({"kind": "profile", "threads": 2, "runs": 2, "profile_dir": str(tmp_path / "profiles"),
+                  "models": {"tiny": dict(plain_path=base["plain_path"], cam_path=base["cam_path"],
+                                          original_outputs=base["original_outputs"], size=32)}})
+    results = dict(zip(keys, run_jobs(specs, tmp_path)))
+    rows = []
+    for batch in (1, 2):
+        jobs = {key: result for (b, key), result in results.items() if b == batch}
+        new = report.build_rows("tiny", batch, jobs)
+        assert {r["contender"] for r in new} >= {worker.FLOOR, worker.CAM_ALL, worker.CAM_LOGITS, worker.FLOOR_AA}
+        assert {r["contender"] for r in new} >= set(peers)
+        assert all(r["ratio_to_floor"]["rounds"] == 3 for r in new if r["contender"] != worker.FLOOR)
+        rows += new
+    profile = results[(None, "profile")]["models"]
     assert set(profile["tiny"]) == {"floor", "onnxcam", "onnxcam_logits_only"}
     assert profile["tiny"]["floor"]["group_nodes_per_run"]["onnxcam"] == 0
     assert profile["tiny"]["onnxcam"]["group_nodes_per_run"]["onnxcam"] > 0
@@ -193,8 +207,6 @@ def test_worker_runs_as_a_subprocess(tiny_export, tmp_path):
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {"PYTHONPATH": str(REPO_ROOT)}
-    import os
-
     proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(spec_path)], cwd=tmp_path,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
