@@ -38,4 +38,4 @@ def supported_ops() -> list[str]:
 
 
 # Importing the rule modules fills RULES.
-from onnxcam.exporters.rules import elementwise, linear, pooling  # noqa: E402,F401
+from onnxcam.exporters.rules import elementwise, linear, normalisers, pooling  # noqa: E402,F401
