@@ -30,14 +30,28 @@ PROBABILITY_OPS = frozenset({"Softmax", "LogSoftmax"})
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Load ``model`` (a path or a ``ModelProto``, which is copied, never modified)."""
     if isinstance(model, onnx.ModelProto):
+        _check_no_external_data(model, "the given ModelProto")
         return copy.deepcopy(model)
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ExportError(f"model file not found: {path}")
     try:
-        return onnx.load(path)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise ExportError(f"cannot read ONNX model {path}: {exc}") from exc
+        loaded = onnx.load(path)  # also reads external data files (torch's dynamo exporter writes them)
+    except Exception as exc:  # onnx raises DecodeError and friends, OSError for a missing data file
+        raise ExportError(f"cannot read ONNX model {path} (or its external data files): {exc}") from exc
+    _check_no_external_data(loaded, path)
+    return loaded
+
+
+def _check_no_external_data(model: onnx.ModelProto, source: str) -> None:
+    """Weights still in external files (a model loaded with ``load_external_data=False``) cannot be used."""
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL and not init.raw_data:
+            location = next((e.value for e in init.external_data if e.key == "location"), "?")
+            raise ExportError(
+                f"{source}: initializer {init.name!r} is stored in the external data file {location!r} and was "
+                "not loaded; pass the model's path, or load it with onnx.load(path, load_external_data=True)"
+            )
 
 
 def default_opset(model: onnx.ModelProto) -> int:
