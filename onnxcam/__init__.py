@@ -4,6 +4,8 @@ Public API (imported lazily, so ``import onnxcam.runtime`` never imports onnx or
 
 - :func:`onnxcam.export` / :func:`onnxcam.save` / :func:`onnxcam.list_layers` (needs ``onnx``,
   and ``onnxruntime`` to fold the reference pass);
+- :func:`onnxcam.export_head`: the network after the target layer as a standalone model (activations in,
+  logits out), for perturbation metrics at the target layer (needs ``onnx`` and ``onnxruntime``);
 - :func:`onnxcam.export_torch` (needs ``torch``);
 - :class:`onnxcam.Explainer`, :class:`onnxcam.Explanation`, :func:`onnxcam.overlay`,
   :func:`onnxcam.load_image` (need only ``onnxruntime``, ``numpy`` and ``opencv``).
@@ -22,6 +24,7 @@ _LAZY = {
     "list_layers": "onnxcam.exporters",
     "auto_target": "onnxcam.exporters",
     "ExportError": "onnxcam.exporters",
+    "export_head": "onnxcam.exporters",
     "export_torch": "onnxcam.exporters.torch_export",
     "Explainer": "onnxcam.runtime",
     "Explanation": "onnxcam.runtime",

@@ -119,3 +119,10 @@ PREPROCESSING_PRESETS: dict[str, dict] = {
         "std": [1.0],
     },
 }
+
+# Head models (``onnxcam.exporters.head.export_head``): the network after the target layer as a
+# standalone graph, activations [N, K, h, w] in, explained logits [N, C] out (no onnxcam outputs, no
+# ``onnxcam.version`` metadata: a head model is not an explaining export). Used by the Shapley
+# sampler of ``onnxcam.metrics.shapley``.
+HEAD_INPUT = "onnxcam_head_activations"
+HEAD_OUTPUT = "onnxcam_head_logits"
