@@ -15,6 +15,7 @@ from __future__ import annotations
 from onnxcam.runtime.explainer import DEFAULT_OUTPUTS, META_CLASS_NAMES, Explainer, Explanation, LayerExplanation
 from onnxcam.runtime.images import load_image, preprocess, validate_preprocessing
 from onnxcam.runtime.overlay import colorize, heatmap_to_uint8, overlay
+from onnxcam.runtime.score_cam import ScoreCamResult, cam_heatmap, score_cam
 from onnxcam.runtime.scoring import Scorer, softmax
 
 __all__ = [
@@ -23,12 +24,15 @@ __all__ = [
     "Explainer",
     "Explanation",
     "LayerExplanation",
+    "ScoreCamResult",
     "Scorer",
+    "cam_heatmap",
     "colorize",
     "heatmap_to_uint8",
     "load_image",
     "overlay",
     "preprocess",
+    "score_cam",
     "softmax",
     "validate_preprocessing",
 ]
