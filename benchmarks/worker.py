@@ -54,6 +54,15 @@ def make_input(batch: int, size: int, seed: int = 0) -> np.ndarray:
 _GLOBAL_POOL: int | None = None
 
 
+def cam_config(spec: dict) -> dict:
+    """Session config of the onnxcam sessions: what the exported model recommends (its
+    ``onnxcam.session_config`` metadata, as :class:`onnxcam.runtime.Explainer` applies it), then
+    ``--cam-session-config`` on top."""
+    from onnxcam.runtime.model_metadata import recommended_session_config
+
+    return {**recommended_session_config(spec["cam_path"]), **(spec.get("cam_config") or {})}
+
+
 def ort_session(path: str, threads: int, profile_prefix: str | None = None, config: dict | None = None):
     """CPU session: ``threads`` intra-op threads, one inter-op thread, sequential execution, default
     graph optimisations (ORT_ENABLE_ALL).
@@ -209,7 +218,7 @@ def job_ort_mem(spec: dict) -> dict:
     x = make_input(spec["batch"], spec["size"])
     mem = measure.PeakMemory()
     mem.start()  # baseline after the imports and the input, the same for every contender
-    session, create_s = ort_session(path, spec["threads"], config=None if which == FLOOR else spec.get("cam_config"))
+    session, create_s = ort_session(path, spec["threads"], config=None if which == FLOOR else cam_config(spec))
     mem.mark_setup()
     call = OrtCall(session, x, outputs)
     times = []
@@ -232,7 +241,7 @@ def job_ort_main(spec: dict) -> dict:
     outputs = spec["original_outputs"]
     mem = measure.PeakMemory()
     mem.start()
-    cam, cam_create_s = ort_session(spec["cam_path"], threads, config=spec.get("cam_config"))
+    cam, cam_create_s = ort_session(spec["cam_path"], threads, config=cam_config(spec))
     mem.mark_setup()
     cam_all = OrtCall(cam, x, None)
     first = []

@@ -73,6 +73,10 @@ META_PREPROCESSING = "onnxcam.preprocessing"  # JSON object, see PREPROCESSING_K
 META_SOURCE = "onnxcam.source"  # free text: where the model came from
 META_CLASS_NAMES = "onnxcam.class_names"  # JSON list of C class names; absent if not given
 META_TOP_K = "onnxcam.top_k"  # decimal k when exported with top_k (outputs [N, k, ...]); absent otherwise
+#: JSON object of onnxruntime session config entries the exporter recommends for this graph (e.g.
+#: ``{"session.disable_prepacking": "1"}`` when the sweep reads large classifier weights in the other
+#: orientation); the runtime applies them; absent when there are none.
+META_SESSION_CONFIG = "onnxcam.session_config"
 
 #: Keys of the preprocessing JSON object.
 #: ``color``: "RGB", "BGR" or "GRAY" (one channel): what the model expects;

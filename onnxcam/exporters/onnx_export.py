@@ -31,6 +31,7 @@ from onnxcam.exporters.layers import LayerInfo, auto_target, candidates
 from onnxcam.exporters.precision import to_float16
 from onnxcam.exporters.reference import probe, reference_pass, static_input_shape
 from onnxcam.exporters.rules.context import DEEPLIFT, GRADIENT, SweepState
+from onnxcam.exporters.session_hints import recommended_session_config
 from onnxcam.exporters.sweep import missing_rules, reverse_sweep, unsupported
 
 log = logging.getLogger("onnxcam")
@@ -220,6 +221,10 @@ def export(
         meta[contract.META_SOURCE] = source
     if names is not None:
         meta[contract.META_CLASS_NAMES] = json.dumps(names)
+    hints = recommended_session_config(graph)
+    if hints:
+        meta[contract.META_SESSION_CONFIG] = json.dumps(hints)
+        log.info("recommended onnxruntime session config: %s", hints)
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in meta.items():
         if key in existing:

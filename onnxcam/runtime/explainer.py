@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from onnxcam import contract
 from onnxcam.runtime.images import color_channels, load_image, preprocess, validate_preprocessing
+from onnxcam.runtime.model_metadata import recommended_session_config
 
 __all__ = ["DEFAULT_OUTPUTS", "META_CLASS_NAMES", "Explainer", "Explanation", "LayerExplanation"]
 
@@ -351,6 +352,11 @@ class Explainer:
         providers: explicit onnxruntime providers (overrides ``device``), e.g.
             ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` or with options tuples.
         threads: onnxruntime intra-op thread count (None: onnxruntime's default).
+        session_config: onnxruntime session config entries (``SessionOptions.add_session_config_entry``),
+            applied over those the exporter recommended in the model's ``onnxcam.session_config``
+            metadata (e.g. ``session.disable_prepacking`` for heads with large classifier weights;
+            pass ``{"session.disable_prepacking": "0"}`` to override it). :attr:`session_config`
+            tells what was applied.
 
     Raises:
         FileNotFoundError: no such model file.
@@ -385,6 +391,7 @@ class Explainer:
         device: str = "auto",
         providers: Optional[Sequence[Any]] = None,
         threads: Optional[int] = None,
+        session_config: Optional[Mapping[str, str]] = None,
     ) -> None:
         if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
             model: Union[str, bytes] = bytes(path_or_bytes)
@@ -424,6 +431,14 @@ class Explainer:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        # Read before the session exists (onnxruntime shows metadata only afterwards): no onnx needed.
+        self._session_config = recommended_session_config(model)
+        if session_config is not None:
+            if not isinstance(session_config, Mapping):
+                raise ValueError(f"session_config must be a mapping of str to str, got {type(session_config).__name__}")
+            self._session_config.update({str(k): str(v) for k, v in session_config.items()})
+        for key, value in self._session_config.items():
+            options.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -696,6 +711,11 @@ class Explainer:
     def metadata(self) -> dict[str, str]:
         """All custom metadata of the model (a copy)."""
         return dict(self._metadata)
+
+    @property
+    def session_config(self) -> dict[str, str]:
+        """The onnxruntime session config entries applied (the model's recommendations and yours)."""
+        return dict(self._session_config)
 
     @property
     def session(self) -> ort.InferenceSession:
