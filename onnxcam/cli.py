@@ -34,6 +34,9 @@ def _export_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="where to write the exported model (e.g. model.cam.onnx)")
     p.add_argument("--explain-output", default=None, help="graph output to explain (default: the first)")
     p.add_argument("--raw", action="store_true", help="also emit onnxcam_activations and onnxcam_multipliers")
+    p.add_argument("--switchable", action="store_true",
+                   help="add a bool input onnxcam_explain: False runs the forward pass only (one served graph "
+                        "for plain and explained requests)")
     p.add_argument("--preprocessing", default=None,
                    help="preset (imagenet, cifar10, mnist) or a JSON object stored in the metadata for the runtime")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -62,6 +65,7 @@ def _run_export(args) -> int:
     target = None if layers == ["auto"] else (layers[0] if len(layers) == 1 else layers)
     model = export(args.model, target, output=args.explain_output, method=args.method, top_k=args.top_k,
                    raw=args.raw, preprocessing=prep, class_names=args.labels, fuse=not args.no_fuse, fp16=args.fp16,
+                   switchable=args.switchable,
                    input_size=tuple(args.input_size) if args.input_size else None)
     save(model, args.output, overwrite=args.overwrite)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -122,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_explain_parser(sub)
         sub.choices["explain"].set_defaults(run=run_explain)
+    try:
+        from onnxcam.cli_gallery import add_gallery_parser, run_gallery
+    except ImportError:  # pragma: no cover - only while the gallery command is being written
+        pass
+    else:
+        add_gallery_parser(sub)
+        sub.choices["gallery"].set_defaults(run=run_gallery)
     return parser
 
 

@@ -9,6 +9,9 @@ Inputs added by the exporter (besides the model's own image input):
 name                   dtype      shape     meaning
 =====================  =========  ========  ================================================
 ``onnxcam_target``     int64      [N]       class to explain per image; negative = predicted
+``onnxcam_explain``    bool       []        only in ``switchable`` exports (required there):
+                                            False runs the forward pass only and the
+                                            explanation outputs come back empty (batch axis 0)
 =====================  =========  ========  ================================================
 
 Outputs added by the exporter (the model's own outputs keep their names and values):
@@ -45,6 +48,8 @@ lists it.
 from __future__ import annotations
 
 INPUT_TARGET = "onnxcam_target"
+#: Bool scalar input of ``switchable`` exports only: False runs the forward pass only.
+INPUT_EXPLAIN = "onnxcam_explain"
 
 OUTPUT_LOGITS = "onnxcam_logits"
 OUTPUT_CLASS = "onnxcam_class"

@@ -33,6 +33,7 @@ from onnxcam.exporters.reference import probe, reference_pass, static_input_shap
 from onnxcam.exporters.rules.context import DEEPLIFT, GRADIENT, SweepState
 from onnxcam.exporters.session_hints import recommended_session_config
 from onnxcam.exporters.sweep import missing_rules, reverse_sweep, unsupported
+from onnxcam.exporters.switch import gate_explanations
 
 log = logging.getLogger("onnxcam")
 
@@ -72,6 +73,7 @@ def export(
     class_names: "list[str] | str | os.PathLike | None" = None,
     fuse: bool = True,
     fp16: bool = False,
+    switchable: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite a CNN classifier into a graph that also emits its class-activation explanation.
 
@@ -104,6 +106,10 @@ def export(
         fuse: with several target layers, also emit the fused ``onnxcam_heatmap``.
         fp16: convert a float32 model to float16 first (inputs and outputs stay float32). Float16
             models export as they are; their reverse sweep and CAM tail run in float32.
+        switchable: put the explanation behind an ``If`` on a new required bool scalar input
+            ``onnxcam_explain``: fed False, only the forward pass runs and the explanation outputs come
+            back empty, so one served graph answers plain and explained requests, each at its own
+            cost (:mod:`onnxcam.exporters.switch`; onnxruntime otherwise runs every node).
 
     Returns:
         The exported ``ModelProto`` (checked with ``onnx.checker.check_model(full_check=True)``).
@@ -195,12 +201,15 @@ def export(
     infos = output_infos(num_classes, layer_names, input_shape[1:], raw, top_k, fused,
                          image.type.tensor_type.shape.dim[0].dim_param or "N")
     builder.prune({i.name for i in infos})
+    switch = gate_explanations(builder, infos) if switchable else None
     graph = proto.graph
     graph.node.extend(builder.nodes)
     graph.initializer.extend(builder.initializers)
     batch = image.type.tensor_type.shape.dim[0].dim_param or "N"  # share the model's batch axis name
     target_dims = [batch] if top_k is None else [batch, top_k]
     graph.input.append(onnx.helper.make_tensor_value_info(contract.INPUT_TARGET, onnx.TensorProto.INT64, target_dims))
+    if switch is not None:
+        graph.input.append(switch)
     graph.output.extend(infos)
     meta = {
         contract.META_VERSION: __version__,

@@ -33,6 +33,7 @@ def export_torch(
     input_name: str = "input",
     output_name: str = "logits",
     source: str | None = None,
+    switchable: bool = False,
 ) -> onnx.ModelProto:
     """Export a PyTorch classifier with LIFT-CAM outputs.
 
@@ -41,7 +42,7 @@ def export_torch(
         example_input: a float32 tensor ``[N, C, H, W]``; H and W are fixed in the export, N is dynamic.
         target_layer: the submodule whose output is the target activation ``A`` (e.g. ``model.layer4``),
             or ``None`` for the automatic choice of :func:`onnxcam.export`.
-        method, top_k, raw, preprocessing, source: as for :func:`onnxcam.export`.
+        method, top_k, raw, preprocessing, source, switchable: as for :func:`onnxcam.export`.
         opset: ONNX opset for ``torch.onnx.export`` (>= 17).
 
     Example:
@@ -86,7 +87,7 @@ def export_torch(
         if wrapper.calls != 1:
             raise ExportError(f"target_layer ran {wrapper.calls} times in one forward pass; pick a module used once")
         target = _detach_capture(proto, layer_name)
-    return export(proto, target, method=method, top_k=top_k, raw=raw, preprocessing=preprocessing,
+    return export(proto, target, method=method, top_k=top_k, raw=raw, preprocessing=preprocessing, switchable=switchable,
                   source=source or type(module).__name__)
 
 

@@ -481,7 +481,10 @@ class Explainer:
         for name in (self._input_name, contract.INPUT_TARGET):
             if name not in inputs:
                 raise ValueError(f"{src}: the model has no input {name!r} (inputs: {sorted(inputs)})")
-        extra = sorted(set(inputs) - {self._input_name, contract.INPUT_TARGET})
+        self._switchable = contract.INPUT_EXPLAIN in inputs
+        if self._switchable and inputs[contract.INPUT_EXPLAIN].type != "tensor(bool)":
+            raise ValueError(f"{src}: input {contract.INPUT_EXPLAIN!r} must be a bool scalar")
+        extra = sorted(set(inputs) - {self._input_name, contract.INPUT_TARGET, contract.INPUT_EXPLAIN})
         if extra:
             raise ValueError(f"{src}: unexpected extra model inputs {extra}")
         self._input_dtype = _ORT_FLOAT_TYPES.get(inputs[self._input_name].type)
@@ -913,6 +916,8 @@ class Explainer:
         t = self._check_target(target, x.shape[0])
         names = self._check_outputs(outputs)
         feeds = {self._input_name: x, contract.INPUT_TARGET: t}
+        if self._switchable:
+            feeds[contract.INPUT_EXPLAIN] = np.array(True)
         if self._use_iobinding:
             binding = self._session.io_binding()
             for name, value in feeds.items():
@@ -924,6 +929,29 @@ class Explainer:
         else:
             values = self._session.run(names, feeds)
         return self._assemble(dict(zip(names, values)))
+
+    @property
+    def switchable(self) -> bool:
+        """Whether the model has the ``onnxcam_explain`` switch (exported with ``switchable=True``):
+        then :meth:`predict` runs the forward pass alone."""
+        return self._switchable
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The explained scores ``onnxcam_logits`` float32 ``[N, C]``, without an explanation.
+
+        On a switchable export (:attr:`switchable`) this feeds ``onnxcam_explain = False`` and costs
+        the plain forward pass; on any other export onnxruntime still runs the whole graph (it runs
+        every node whatever is fetched), so it costs as much as :meth:`explain`.
+
+        Raises:
+            ValueError: as :meth:`explain` for a bad batch.
+        """
+        x = self._check_batch(batch)
+        feeds = {self._input_name: x, contract.INPUT_TARGET: self._check_target(None, x.shape[0])}
+        if self._switchable:
+            feeds[contract.INPUT_EXPLAIN] = np.array(False)
+        (logits,) = self._session.run([contract.OUTPUT_LOGITS], feeds)
+        return logits
 
     def preprocess(
         self, images: Sequence[np.ndarray], preprocessing: Optional[dict] = None

@@ -3,8 +3,9 @@
 A :class:`Scorer` runs a classifier on many (perturbed) images, ``batch_size`` at a time, and returns
 its logits or softmax probabilities. It accepts the plain model (cheapest: onnxruntime runs every node
 of a graph even when only some outputs are fetched, so scoring through an onnxcam export also pays for
-the reverse sweep) or an onnxcam export (its ``onnxcam_logits`` are read, the class input fed with
-"predicted").
+the reverse sweep, unless it was exported ``switchable``: then ``onnxcam_explain`` is fed False and
+only the forward pass runs) or an onnxcam export (its ``onnxcam_logits`` are read, the class input
+fed with "predicted").
 
 Only numpy, onnxruntime and :mod:`onnxcam.contract` are imported.
 
@@ -96,6 +97,7 @@ class Scorer:
             self.session = self._open(model, device, threads)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._target_input = inputs.pop(contract.INPUT_TARGET, None)
+        self._switch = inputs.pop(contract.INPUT_EXPLAIN, None) is not None  # a switchable export: forward only
         images = [i for i in inputs.values() if len(i.shape) == 4]
         if len(images) != 1 or len(inputs) != 1:
             raise ValueError(
@@ -152,6 +154,8 @@ class Scorer:
             feeds = {self.input_name: chunk}
             if self._target_input is not None:
                 feeds[contract.INPUT_TARGET] = self._target(chunk.shape[0])
+            if self._switch:
+                feeds[contract.INPUT_EXPLAIN] = np.array(False)
             (out,) = self.session.run([self.output], feeds)
             parts.append(np.asarray(out, dtype=np.float32).reshape(chunk.shape[0], -1))
         if not parts:
