@@ -298,12 +298,13 @@ def test_docstring_examples():
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_imports_only_numpy():
+@pytest.mark.parametrize("module", ["onnxcam.runtime.score_cam", "onnxcam.runtime.gallery"])
+def test_imports_neither_torch_nor_onnx(module):
     """Importing the module (and the runtime with it) pulls neither torch nor onnx."""
     code = textwrap.dedent(
-        """
+        f"""
         import sys
-        import onnxcam.runtime.score_cam
+        import {module}
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "onnxscript")))
         """
     )
