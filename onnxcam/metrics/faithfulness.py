@@ -255,7 +255,7 @@ def _baseline_images(x: np.ndarray, baseline: Baseline, name: str, kernel: int, 
     """The baseline as an array of ``x``'s shape (possibly a broadcast view)."""
     if isinstance(baseline, str):
         if baseline == "zero":
-            return np.zeros_like(x)
+            return np.broadcast_to(np.float32(0.0), x.shape)
         if baseline == "mean":
             return np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), x.shape)
         if baseline == "blur":

@@ -146,8 +146,10 @@ def energy_pointing_game(saliency: np.ndarray, boxes: Boxes) -> np.ndarray:
 
         Proportion = Σ_{(i,j) ∈ bbox} L(i,j) / (Σ_{(i,j) ∈ bbox} L(i,j) + Σ_{(i,j) ∉ bbox} L(i,j))
 
-    as in the authors' ``utils/energyPointGame.py`` (``energy_bbox / energy_whole``; issue #23 of
-    their repository recommends it for images with several objects). Here ``L`` is the map
+    as in the authors' code (github.com/haofanwang/Score-CAM, ``utils/energyPointGame.py``:
+    ``energy_bbox / energy_whole``, with the box filled as ``mask[x1:x2, y1:y2]``, i.e. its first
+    coordinate indexes rows; here ``x`` is always the column); the authors recommend it over the
+    pointing game for images with several objects (issue #23 of that repository). Here ``L`` is the map
     **min-max normalised per image** to [0, 1] first (:func:`onnxcam.metrics.faithfulness.normalize_maps`),
     so maps of any offset or scale are comparable (for a CAM, whose minimum is usually 0 after its
     ReLU, this changes nothing), and the box region is the **union** of the image's boxes. A constant
