@@ -208,14 +208,17 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return methods
 
 
-def _open(model: Any, device: str, stderr: IO[str]):
+def _open(model: Any, device: str, stderr: IO[str], noted: set) -> Any:
+    """An Explainer on the exported ``model``; its warnings (CPU fallback) are printed once per run."""
     from onnxcam.runtime import Explainer
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainer = Explainer(model.SerializeToString(), device=device)
     for w in caught:
-        _note(f"note: {w.message}", stderr)
+        if str(w.message) not in noted:
+            noted.add(str(w.message))
+            _note(f"note: {w.message}", stderr)
     return explainer
 
 
@@ -278,6 +281,7 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
         exported.insert(0, "liftcam")
     exported.sort(key=lambda m: m != "liftcam")  # liftcam first: it decides the explained classes
     explainers = {}
+    noted: set = set()
     for i, method in enumerate(exported, start=1):
         _note(f"exporting {method} ({i}/{len(exported)})", stderr)
         try:
@@ -285,7 +289,7 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
                                    preprocessing=pre)
         except ValueError as exc:  # ExportError: unknown layer, unsupported model...
             raise UsageError(f"cannot export {args.model} with method {method}: {exc}") from None
-        explainers[method] = _open(model, args.device, stderr)
+        explainers[method] = _open(model, args.device, stderr, noted)
 
     first = explainers[exported[0]]
     if args.target is not None and not 0 <= args.target < first.num_classes:
@@ -318,7 +322,7 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
         name = names[int(c)] if names else f"class {int(c)}"
         captions.append(caption(name, float(probabilities[i, int(c)])))
     grid = render_gallery(display, [(TITLES[m], heatmaps[m]) for m in methods], captions, cell=args.cell, alpha=args.alpha)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise RuntimeError("OpenCV could not encode the grid as PNG")
     mode = 0o666 & ~_umask()

@@ -209,3 +209,11 @@ def test_bundled_mobilenetv2_end_to_end(tmp_path, capsys, captured):
     assert "scorecam: 1" in err and "forward passes" in err  # at most 1 + 160
     score = dict(captured["columns"])["Score-CAM"][0]
     assert score.max() == pytest.approx(1.0) and score.min() == 0.0
+
+
+def test_device_note_printed_once(tmp_path, capsys, plain_model, photos):
+    """--device auto without CUDA: the CPU fallback note once, not once per exported method."""
+    rc, err = run(capsys, plain_model, photos[0], "--methods", "liftcam,gradcam,layercam", "--preprocessing",
+                  json.dumps(PRE), "-o", tmp_path / "grid.png")
+    assert rc == 0, err
+    assert err.count("CUDAExecutionProvider") <= 1
