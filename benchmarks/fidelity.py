@@ -22,10 +22,13 @@ estimates from the two halves of the samples), the Pearson noise ceiling ``√(2
 method equal to the true Shapley values would score against the estimate, Spearman–Brown), and the
 efficiency gap ``|Σφ − (y_c(A) − y_c(0))|``.
 
-Defaults (measured on 2 shared CPU cores: ~8.5 s per MobileNetV2 image at 48 permutations, ~2.6 s per
-ResNet-20 image at 256, ~5 s per ResNet-56 image at 160; whole run ~4 min, < 8 min under contention):
-relative stderr ≈ 0.10 (MobileNetV2, K = 160) and ≈ 0.05 (ResNets, K = 32), split-half Pearson ≈ 0.97
-and ≈ 0.99, noise ceilings ≈ 0.99.
+Defaults: MobileNetV2 16 images × 32 permutations, ResNet-20 10 × 256, ResNet-56 10 × 128. Measured
+on 2 CPU cores shared with other work: a MobileNetV2 permutation (159 head evaluations) costs ~0.18 s
+idle and ~0.47 s at load average 5–6, a ResNet-20 one ~0.010–0.013 s, a ResNet-56 one ~0.03–0.045 s;
+the whole default run is ~3 min idle and ~6 min at load 5–6. Expected precision at these defaults:
+relative stderr ≈ 0.14 for MobileNetV2 (K = 160; 0.11 at 48 permutations) and ≈ 0.05–0.07 for the
+ResNets (K = 32), split-half Pearson ≈ 0.95 and ≈ 0.99, Pearson noise ceilings ≈ 0.99 and ≈ 0.998, far
+above the spread between the methods.
 
 Models and cuts (non-linear heads):
 
@@ -41,6 +44,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.fidelity                                  # all three, defaults (< 8 min, 2 cores)
     python -m benchmarks.fidelity --models resnet20 --images 4 --permutations 64
+    python -m benchmarks.fidelity --permutations mobilenetv2=48 resnet56=160   # per-model counts
     python -m benchmarks.fidelity --out /tmp/fidelity              # default benchmarks/results/fidelity
 
 Writes ``fidelity.json`` and ``fidelity.md`` atomically; progress on stderr. The real models and photos
@@ -92,11 +96,11 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("mobilenetv2", "mobilenetv2_imagenet_fp32.onnx", "/features/features.14/conv/conv.2/Conv_output_0",
-                  "features[14]", "imagenet", "imagenet-sample", images=16, permutations=48),
+                  "features[14]", "imagenet", "imagenet-sample", images=16, permutations=32),
         ModelSpec("resnet20", "cifar10_resnet20.onnx", "/layer2/layer2.2/Relu_1_output_0",
                   "layer2 (before layer3)", "cifar10", "photos", images=10, permutations=256),
         ModelSpec("resnet56", "cifar10_resnet56.onnx", "/layer2/layer2.8/Relu_1_output_0",
-                  "layer2 (before layer3)", "cifar10", "photos", images=10, permutations=160),
+                  "layer2 (before layer3)", "cifar10", "photos", images=10, permutations=128),
     )
 }
 
@@ -280,7 +284,8 @@ def to_markdown(results: dict) -> str:
         "a Shapley value); HiResCAM's and LayerCAM's scores are already channel sums of their maps "
         "(so XGrad-CAM × ΣA is HiResCAM up to the 1e-7 in XGrad-CAM's denominator).",
         "",
-        f"Total {results['seconds']:.0f} s on {results['environment']['cpu_count']} CPU cores; seed {settings['seed']}.",
+        f"Total {results['seconds']:.0f} s on {results['environment']['cpu_count']} CPU cores{_load_note(results)}; "
+        f"seed {settings['seed']}.",
     ]
     for name, model in results["models"].items():
         shap = model["shapley"]
@@ -308,6 +313,13 @@ def to_markdown(results: dict) -> str:
             lines.append(f"| {method} | {kind} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _load_note(results: dict) -> str:
+    load = results["environment"].get("load_average") or {}
+    if not load.get("start") or not load.get("end"):
+        return ""
+    return f" (1-min load average {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end)"
 
 
 def _cell(stats: dict) -> str:
@@ -344,21 +356,47 @@ def environment() -> dict:
 
 
 # ------------------------------------------------------------------------------------ CLI
+def _permutations(parser: argparse.ArgumentParser, values: list[str] | None) -> dict[str, int]:
+    """``["64"]`` → every model 64; ``["resnet56=256", "mobilenetv2=48"]`` → those models."""
+    chosen: dict[str, int] = {}
+    for value in values or []:
+        name, _, count = value.rpartition("=")
+        names = [name] if name else list(MODELS)
+        if name and name not in MODELS:
+            parser.error(f"--permutations {value}: unknown model {name!r}; models: {', '.join(MODELS)}")
+        try:
+            number = int(count)
+        except ValueError:
+            parser.error(f"--permutations {value}: expected an integer (or MODEL=integer)")
+        if number < 4:
+            parser.error(f"--permutations {value}: at least 4 (two antithetic pairs)")
+        chosen.update(dict.fromkeys(names, number))
+    return chosen
+
+
+def _load() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other work on the machine slows the sampling)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to run (default: all)")
     parser.add_argument("--images", type=int, default=None,
                         help="images per model (default: mobilenetv2 16, resnet20/56 all 10 photos)")
-    parser.add_argument("--permutations", type=int, default=None,
-                        help="permutations per image (default: mobilenetv2 48, resnet20 256, resnet56 160)")
+    parser.add_argument("--permutations", nargs="+", default=None, metavar="[MODEL=]P",
+                        help="permutations per image, for every model (P) or per model (resnet56=256); "
+                             "default: mobilenetv2 32, resnet20 256, resnet56 128")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=320, help="activations per head session run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.images is not None and args.images < 1:
         parser.error("--images must be >= 1")
-    if args.permutations is not None and args.permutations < 4:
-        parser.error("--permutations must be >= 4 (two antithetic pairs)")
+    permutations = _permutations(parser, args.permutations)
 
     from onnxcam.metrics.statistics import agreement, bootstrap_ci
 
@@ -368,16 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = {
         "benchmark": "fidelity",
-        "settings": {"models": args.models, "images": args.images, "permutations": args.permutations, "seed": args.seed,
+        "settings": {"models": args.models, "images": args.images, "seed": args.seed,
+                     "permutations": {n: permutations.get(n, MODELS[n].permutations) for n in args.models},
                      "antithetic": True, "batch_size": args.batch_size, "confidence": CONFIDENCE, "resamples": RESAMPLES},
         "environment": environment(),
         "models": {},
     }
+    load_start = _load()
     for name in args.models:
         spec = MODELS[name]
-        results["models"][name] = run_model(spec, shared, args.images or spec.images, args.permutations or spec.permutations,
+        results["models"][name] = run_model(spec, shared, args.images or spec.images, permutations.get(name, spec.permutations),
                                             args.seed, args.batch_size, agreement, bootstrap_ci)
     results["seconds"] = time.perf_counter() - start
+    results["environment"]["load_average"] = {"start": load_start, "end": _load()}
     json_path, md_path = args.out / "fidelity.json", args.out / "fidelity.md"
     write_atomic(json_path, json.dumps(results, indent=1, allow_nan=True) + "\n")
     write_atomic(md_path, to_markdown(results))

@@ -26,7 +26,7 @@ def test_tiny_run_writes_finite_json_and_markdown(shared_dir, tmp_path, monkeypa
     monkeypatch.setenv("ONNXCAM_SHARED", str(shared_dir))
     assert fidelity.main(["--models", "resnet20", "--images", "2", "--permutations", "8", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "fidelity.json").read_text())
-    assert results["settings"]["permutations"] == 8 and list(results["models"]) == ["resnet20"]
+    assert results["settings"]["permutations"] == {"resnet20": 8} and list(results["models"]) == ["resnet20"]
     model = results["models"]["resnet20"]
     assert model["images"] == 2 and model["target_shape"] == [32, 16, 16] and model["permutations"] == 8
     assert list(model["summary"]) == ROWS
@@ -72,3 +72,15 @@ def test_noise_ceiling():
     assert fidelity._ceiling(1.0) == 1.0
     assert fidelity._ceiling(0.8) == pytest.approx(math.sqrt(1.6 / 1.8))
     assert math.isnan(fidelity._ceiling(-0.2))
+
+
+def test_permutations_option_per_model_or_for_all():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    assert fidelity._permutations(parser, None) == {}
+    assert fidelity._permutations(parser, ["64"]) == dict.fromkeys(fidelity.MODELS, 64)
+    assert fidelity._permutations(parser, ["64", "resnet56=256"]) == {"mobilenetv2": 64, "resnet20": 64, "resnet56": 256}
+    for bad in (["vgg=8"], ["2"], ["many"]):
+        with pytest.raises(SystemExit):
+            fidelity._permutations(parser, bad)
