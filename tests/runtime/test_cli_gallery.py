@@ -24,9 +24,9 @@ PRE = {"color": "RGB", "resize": "exact", "interpolation": "linear", "scale": 1 
 NAMES = ["apple", "banana", "cherry", "date", "elderberry"]
 
 
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory) -> str:
-    """input [N,3,16,16] -> Conv(6, 3x3, s2, p1) -> Relu [N,6,8,8] -> GAP -> Flatten -> Gemm -> logits [N,5]."""
+def build_plain_model(path: Path, softmax: bool = False) -> str:
+    """input [N,3,16,16] -> Conv(6, 3x3, s2, p1) -> Relu [N,6,8,8] -> GAP -> Flatten -> Gemm -> logits [N,5]
+    (-> Softmax -> probabilities [N,5] when ``softmax``)."""
     rng = np.random.default_rng(11)
     inits = [
         numpy_helper.from_array(rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), "conv_w"),
@@ -41,13 +41,21 @@ def plain_model(tmp_path_factory) -> str:
         helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
     ]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+        out = "probabilities"
     graph = helper.make_graph(nodes, "tiny_plain", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 5])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    path = tmp_path_factory.mktemp("gallery") / "tiny.onnx"
     onnx.save(model, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory) -> str:
+    return build_plain_model(tmp_path_factory.mktemp("gallery") / "tiny.onnx")
 
 
 @pytest.fixture
@@ -217,3 +225,19 @@ def test_device_note_printed_once(tmp_path, capsys, plain_model, photos):
                   json.dumps(PRE), "-o", tmp_path / "grid.png")
     assert rc == 0, err
     assert err.count("CUDAExecutionProvider") <= 1
+
+
+def test_model_ending_in_softmax_scores_through_the_export(tmp_path, capsys, photos, captured):
+    """The explained logits are internal: Score-CAM must not softmax the model's probabilities again."""
+    model = build_plain_model(tmp_path / "softmax.onnx", softmax=True)
+    rc, err = run(capsys, model, *photos[:2], "--methods", "scorecam", "--preprocessing", json.dumps(PRE),
+                  "-o", tmp_path / "grid.png", "--device", "cpu")
+    assert rc == 0, err
+    assert "are not an output of" in err and "onnxcam_logits" in err
+    lift = Explainer(onnxcam.export(model, None, raw=True, preprocessing=PRE).SerializeToString(), device="cpu")
+    x, _ = lift.preprocess([load_image(p) for p in photos[:2]])
+    expl = lift.explain(x)
+    expected = score_cam(Scorer(lift.session), x, expl.activations, expl.classes)
+    np.testing.assert_allclose(dict(captured["columns"])["Score-CAM"], expected.heatmaps, atol=1e-5)
+    probs = expl.probabilities()
+    assert captured["captions"] == [f"class {c} (p={probs[i, c]:.2f})" for i, c in enumerate(expl.classes)]
