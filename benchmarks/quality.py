@@ -62,6 +62,9 @@ SCORE_CAM = "scorecam"
 FLOORS = ("random", "centre")
 METHODS = (*CAM_METHODS, SCORE_CAM, *FLOORS)
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality"
+#: Heatmaps (in [0, 1]) closer than this everywhere are reported as the same maps (``same_maps_as``):
+#: with a global-average-pool + linear head, Grad-CAM, XGrad-CAM and HiResCAM give the same map.
+SAME_MAPS_ATOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,7 @@ def run_model(spec: ModelSpec, shared: Path, args: argparse.Namespace) -> dict:
         "class_probability": [float(p) for p in probabilities[np.arange(n), classes]],
         "methods": {},
     }
+    earlier_maps: dict[str, np.ndarray] = {}  # to flag methods whose maps equal an earlier method's
     for method in args.methods:
         t0 = time.perf_counter()
         entry: dict = {}
@@ -257,6 +261,10 @@ def run_model(spec: ModelSpec, shared: Path, args: argparse.Namespace) -> dict:
             seconds = None
             entry["timed"] = None
         entry["time_per_image_s"] = None if seconds is None else seconds / n
+        twin = next((m for m, seen in earlier_maps.items() if np.allclose(seen, maps, rtol=0, atol=SAME_MAPS_ATOL)), None)
+        entry["same_maps_as"] = twin
+        if method not in FLOORS:
+            earlier_maps[method] = maps.astype(np.float32)
         t1 = time.perf_counter()
         entry["metrics"] = evaluate(scorer, x, maps, classes, args.steps, args.batch_size * 4, args.resamples, args.seed)
         entry["metrics_s"] = time.perf_counter() - t1
@@ -337,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results = {
         "schema": SCHEMA,
-        "command": "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m benchmarks.quality", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {
             "images": args.images, "steps": args.steps, "models": args.models, "methods": args.methods,
             "batch_size": args.batch_size, "threads": args.threads, "resamples": args.resamples, "seed": args.seed,

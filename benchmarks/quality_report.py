@@ -42,11 +42,13 @@ def _time_cell(entry: dict) -> str:
 def _model_section(name: str, model: dict, settings: dict) -> list[str]:
     n = len(model["images"])
     shape = "×".join(str(v) for v in model.get("target_shape", []))
+    explained = f"the {model['explained']} class is explained"
+    if model["explained"] == "labelled":
+        explained += f" (the model's top-1 accuracy on these images: {100 * model['top1_agreement']:.0f} %)"
     lines = [
         f"## {name}: `{model['model']}`",
         "",
-        f"Target layer `{model['target_layer']}` ({shape}); {n} images; the {model['explained']} class is explained "
-        f"(the model's top-1 equals it on {100 * model['top1_agreement']:.0f} % of them); preset "
+        f"Target layer `{model['target_layer']}` ({shape}); {n} images; {explained}; preset "
         f"\"{model['preset']}\"; {settings['steps']} deletion/insertion steps; {model['duration_s']:.0f} s for this model.",
         "",
         "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " | time / image |",
@@ -54,7 +56,9 @@ def _model_section(name: str, model: dict, settings: dict) -> list[str]:
     ]
     for method, entry in model["methods"].items():
         cells = [_interval(entry["metrics"][key], digits) for key, _, digits in COLUMNS]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {_time_cell(entry)} |")
+        twin = entry.get("same_maps_as")
+        label = f"{method} (= {twin})" if twin else method
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_time_cell(entry)} |")
     lines.append("")
     return lines
 
@@ -79,7 +83,11 @@ def to_markdown(results: dict) -> str:
         f"Deletion (RISE): the most salient pixels replaced by 0 (the mean colour), {settings['steps']} equal steps; "
         "insertion: from the image blurred by an 11×11, sigma-5 Gaussian. ↓ lower is better, ↑ higher is better. "
         "`random` (uniform noise) and `centre` (a Gaussian bump, sigma = a quarter of the shorter side) are "
-        "sanity floors that look at no model.",
+        "sanity floors that look at no model. Per-pixel deletion along a map of independent noise scatters "
+        "the removed pixels over the whole image, which can destroy the prediction faster than removing the "
+        "object (an off-distribution image), so `random` may score a low deletion AUC: read deletion together "
+        "with insertion and Average Drop. \"(= m)\" marks maps equal to method m's (within 1e-4): with a "
+        "global-average-pool + linear head, Grad-CAM, XGrad-CAM and HiResCAM coincide.",
         "",
         "Time / image: the explanation alone after a warm-up run (exported methods: the explaining graph's "
         "`session.run`; Score-CAM: the activations' run plus all its forward passes, one per non-constant "

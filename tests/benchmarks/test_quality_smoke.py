@@ -53,6 +53,7 @@ def test_quality_benchmark_runs_and_writes_finite_results(models_dir, tmp_path):
     assert list(model["methods"]) == ["liftcam", "scorecam"]
     for method, entry in model["methods"].items():
         assert math.isfinite(entry["time_per_image_s"]) and entry["time_per_image_s"] > 0, method
+        assert entry["same_maps_as"] is None, method  # LIFT-CAM's and Score-CAM's maps differ
         for key in METRICS:
             stats = entry["metrics"][key]
             assert all(math.isfinite(stats[v]) for v in ("mean", "low", "high")), (method, key)
