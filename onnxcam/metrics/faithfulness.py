@@ -377,7 +377,10 @@ def _trapezoid(curves: np.ndarray, steps: int) -> np.ndarray:
     return (curves.sum(axis=1) - 0.5 * (curves[:, 0] + curves[:, -1])) / steps
 
 
-def _prepare(x, saliency, classes, steps, batch_size):
+def _prepare(
+    x: np.ndarray, saliency: np.ndarray, classes: object, steps: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray]:
+    """Checked ``x``, pixel ranks, classes, steps, batch size and the pixel counts ``round(i·H·W/steps)``."""
     x = _check_x(x)
     n, _, h, w = x.shape
     ranks = pixel_ranks(_check_maps(saliency, (n, h, w)))
