@@ -22,11 +22,11 @@ estimates from the two halves of the samples), the Pearson noise ceiling ``√(2
 method equal to the true Shapley values would score against the estimate, Spearman–Brown), and the
 efficiency gap ``|Σφ − (y_c(A) − y_c(0))|``.
 
-Defaults: MobileNetV2 16 images × 32 permutations, ResNet-20 10 × 256, ResNet-56 10 × 128. Measured
+Defaults: MobileNetV2 16 images × 48 permutations, ResNet-20 10 × 256, ResNet-56 10 × 160. Measured
 on 2 CPU cores shared with other work: a MobileNetV2 permutation (159 head evaluations) costs ~0.18 s
 idle and ~0.47 s at load average 5–6, a ResNet-20 one ~0.010–0.013 s, a ResNet-56 one ~0.03–0.045 s;
-the whole default run is ~3 min idle and ~6 min at load 5–6. Expected precision at these defaults:
-relative stderr ≈ 0.14 for MobileNetV2 (K = 160; 0.11 at 48 permutations) and ≈ 0.05–0.07 for the
+the whole default run is ~4 min idle and 488 s measured at load 5–6. Precision at these defaults
+(measured): relative stderr ≈ 0.11 for MobileNetV2 (K = 160) and ≈ 0.05–0.07 for the
 ResNets (K = 32), split-half Pearson ≈ 0.95 and ≈ 0.99, Pearson noise ceilings ≈ 0.99 and ≈ 0.998, far
 above the spread between the methods.
 
@@ -96,11 +96,11 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("mobilenetv2", "mobilenetv2_imagenet_fp32.onnx", "/features/features.14/conv/conv.2/Conv_output_0",
-                  "features[14]", "imagenet", "imagenet-sample", images=16, permutations=32),
+                  "features[14]", "imagenet", "imagenet-sample", images=16, permutations=48),
         ModelSpec("resnet20", "cifar10_resnet20.onnx", "/layer2/layer2.2/Relu_1_output_0",
                   "layer2 (before layer3)", "cifar10", "photos", images=10, permutations=256),
         ModelSpec("resnet56", "cifar10_resnet56.onnx", "/layer2/layer2.8/Relu_1_output_0",
-                  "layer2 (before layer3)", "cifar10", "photos", images=10, permutations=128),
+                  "layer2 (before layer3)", "cifar10", "photos", images=10, permutations=160),
     )
 }
 

@@ -111,10 +111,10 @@ _MEMORY = """
 import json, sys, numpy as np
 from benchmarks import measure
 from benchmarks.worker import cam_config, ort_session
-path, size, explain, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+path, size, explain, threads, hints = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
 mem = measure.PeakMemory(); mem.start()
-config = None if explain == "none" else cam_config({"cam_path": path})
+config = cam_config({"cam_path": path}) if hints == "1" else None
 s, _ = ort_session(path, threads, config=config)
 mem.mark_setup()
 names = [i.name for i in s.get_inputs()]
@@ -126,8 +126,10 @@ print(json.dumps(mem.result()))
 """
 
 
-def peak_memory(path: str, size: int, explain: str, threads: int) -> float:
-    proc = subprocess.run([sys.executable, "-c", _MEMORY, path, str(size), explain, str(threads)], cwd=str(REPO),
+def peak_memory(path: str, size: int, explain: str, threads: int, hints: bool = True) -> float:
+    """Peak MiB of one session alone in a fresh process (onnxcam graphs with their recommended config)."""
+    proc = subprocess.run([sys.executable, "-c", _MEMORY, path, str(size), explain, str(threads), "1" if hints else "0"],
+                          cwd=str(REPO),
                           capture_output=True, text=True, check=True, timeout=600)
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"])
 
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_memory:
             size = MODELS[name].input_size
             res["memory_mib"] = {
-                "floor": peak_memory(record["plain_path"], size, "none", args.threads),
+                "floor": peak_memory(record["plain_path"], size, "none", args.threads, hints=False),
                 "switch_off": peak_memory(switch, size, "false", args.threads),
                 "switch_on": peak_memory(switch, size, "true", args.threads),
                 "export": peak_memory(record["cam_path"], size, "none", args.threads),

@@ -35,10 +35,22 @@ def _nbytes(init: onnx.TensorProto) -> int:
 def shared_matrix_weights(graph: onnx.GraphProto) -> dict[str, int]:
     """Initializers read by two or more Gemm/MatMul nodes → their size in bytes."""
     uses: Counter[str] = Counter()
-    for node in graph.node:
+    for node in _all_nodes(graph):
         if node.op_type in MATRIX_OPS:
             uses.update(set(node.input))
     return {i.name: _nbytes(i) for i in graph.initializer if uses[i.name] >= 2}
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node, including those of subgraphs (a switchable export's sweep lives in an If branch)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_nodes(sub)
 
 
 def recommended_session_config(graph: onnx.GraphProto) -> dict[str, str]:

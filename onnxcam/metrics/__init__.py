@@ -8,7 +8,10 @@ this package in a subprocess where both imports fail).
   Confidence, Grad-CAM++), :func:`deletion_insertion`, :func:`deletion_auc`, :func:`insertion_auc`
   (RISE);
 - :mod:`onnxcam.metrics.pointing`: :func:`pointing_game`, :func:`energy_pointing_game`;
-- :mod:`onnxcam.metrics.statistics`: :func:`bootstrap_ci`, :func:`agreement`.
+- :mod:`onnxcam.metrics.statistics`: :func:`bootstrap_ci`, :func:`agreement`;
+- :mod:`onnxcam.metrics.shapley`: :func:`shapley_permutation` (Shapley values of the target-layer
+  channels by permutation sampling through a head model from :func:`onnxcam.export_head`),
+  :class:`HeadScorer`.
 
 All metrics take preprocessed inputs ``x`` ``[N, C, H, W]``, maps ``[N, H, W]``, classes ``[N]`` and a
 ``score_fn`` returning probabilities ``[M, num_classes]`` (an :class:`onnxcam.runtime.Scorer` is one).
@@ -47,9 +50,12 @@ from onnxcam.metrics.pointing import boxes_mask, energy_pointing_game, pointing_
 from onnxcam.metrics.statistics import agreement, average_ranks, bootstrap_ci
 
 # Names re-exported lazily (imported on first access, so importing this package stays light):
-# name -> module. The Shapley-fidelity names of onnxcam.metrics.shapley go here, e.g.
-# "shapley_values": "onnxcam.metrics.shapley".
-_LAZY: dict[str, str] = {}
+# name -> module.
+_LAZY: dict[str, str] = {
+    "HeadScorer": "onnxcam.metrics.shapley",
+    "ShapleyEstimate": "onnxcam.metrics.shapley",
+    "shapley_permutation": "onnxcam.metrics.shapley",
+}
 
 __all__ = [
     "AverageDropResult",

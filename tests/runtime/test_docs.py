@@ -10,7 +10,9 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["onnxcam.runtime", "onnxcam.runtime.explainer", "onnxcam.runtime.images", "onnxcam.runtime.overlay", "onnxcam.cli_explain"],
+    ["onnxcam.runtime", "onnxcam.runtime.explainer", "onnxcam.runtime.images", "onnxcam.runtime.overlay", "onnxcam.cli_explain",
+     "onnxcam.runtime.scoring", "onnxcam.runtime.model_metadata", "onnxcam.exporters.session_hints",
+     "onnxcam.exporters.rules.normalisers", "onnxcam.metrics"],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

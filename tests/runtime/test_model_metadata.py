@@ -64,6 +64,8 @@ def test_large_shared_classifier_weight_gets_the_prepacking_hint(tmp_path):
     assert set(shared_matrix_weights(cam.graph)) == {"fc1_w"}
     meta = {p.key: p.value for p in cam.metadata_props}
     assert json.loads(meta[contract.META_SESSION_CONFIG]) == HINT
+    switchable = onnxcam.export(model, "a", switchable=True)  # the sweep's Gemm sits inside the If branch
+    assert json.loads({p.key: p.value for p in switchable.metadata_props}[contract.META_SESSION_CONFIG]) == HINT
     path = tmp_path / "m.onnx"
     onnxcam.save(cam, path)
     assert recommended_session_config(path) == HINT
