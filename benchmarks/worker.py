@@ -16,7 +16,8 @@ Kinds:
 * ``profile``: onnxruntime's profiler at batch 1 on the floor graph and on the onnxcam graph,
   fetching everything and fetching only the original outputs (which nodes still run?).
 
-ORT-only kinds import neither torch nor onnxcam.
+ORT-only kinds do not import torch; every kind imports ``onnxcam.runtime`` (onnxruntime, numpy, OpenCV:
+the session-config reader) at start-up, before any memory baseline, the same for every contender.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from onnxcam.runtime.model_metadata import recommended_session_config
 
 from benchmarks import measure
 from benchmarks.measure import log
@@ -57,9 +60,9 @@ _GLOBAL_POOL: int | None = None
 def cam_config(spec: dict) -> dict:
     """Session config of the onnxcam sessions: what the exported model recommends (its
     ``onnxcam.session_config`` metadata, as :class:`onnxcam.runtime.Explainer` applies it), then
-    ``--cam-session-config`` on top."""
-    from onnxcam.runtime.model_metadata import recommended_session_config
-
+    ``--cam-session-config`` on top. (The reader is imported with this module, i.e. before any
+    memory baseline: importing ``onnxcam.runtime`` loads OpenCV, ~16 MiB, which must not count as
+    the session's memory.)"""
     return {**recommended_session_config(spec["cam_path"]), **(spec.get("cam_config") or {})}
 
 
