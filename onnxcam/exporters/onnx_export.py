@@ -322,8 +322,16 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, overwrite: bool = F
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a saved model gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
