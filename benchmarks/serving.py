@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.models import DEFAULT_MODELS, MODELS
+from onnxcam._files import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,10 +157,9 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` atomically (:func:`onnxcam._files.atomic_write`), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

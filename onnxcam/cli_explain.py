@@ -39,10 +39,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import IO, Any, Optional
+
+from onnxcam._files import atomic_write, current_umask
 
 PROG = "onnxcam explain"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -108,8 +109,8 @@ def add_explain_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
         "--preprocessing",
         metavar="PRESET|FILE.json",
         default=None,
-        help="override the model's preprocessing metadata: a preset name (imagenet, cifar10, mnist) "
-        "or a JSON file with the preprocessing dict",
+        help="override the model's preprocessing metadata: a preset name (imagenet, cifar10, mnist), "
+        "a JSON object or a JSON file with the preprocessing dict",
     )
     p.add_argument("--threads", type=int, default=None, metavar="T", help="onnxruntime intra-op threads")
     p.set_defaults(func=run_explain)
@@ -202,34 +203,6 @@ def file_suffixes(top_k: Optional[int], num_layers: int) -> list[str]:
     return suffixes
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same directory, then ``os.replace``.
-
-    The temp file is removed if anything fails; readers never see a partial file.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class Progress:
     """A one-line progress bar on a TTY stream; silent otherwise (the caller prints a summary)."""
 
@@ -276,7 +249,8 @@ class Progress:
             self.stream.flush()
 
 
-def _load_labels(path: str, num_classes: int) -> list[str]:
+def load_labels(path: str, num_classes: int) -> list[str]:
+    """The class names of a ``--labels`` JSON list, checked against the model's class count."""
     try:
         with open(path, encoding="utf-8") as f:
             labels = json.load(f)
@@ -291,23 +265,29 @@ def _load_labels(path: str, num_classes: int) -> list[str]:
     return [str(x) for x in labels]
 
 
-def _load_preprocessing(value: str) -> dict:
+def load_preprocessing(value: str) -> dict:
+    """A preset name, a JSON object, or a JSON file, validated."""
     from onnxcam import contract
     from onnxcam.runtime.images import validate_preprocessing
 
     if value in contract.PREPROCESSING_PRESETS:
-        pre = contract.PREPROCESSING_PRESETS[value]
-    else:
-        if not os.path.isfile(value):
-            raise UsageError(
-                f"--preprocessing {value!r} is neither a preset ({', '.join(contract.PREPROCESSING_PRESETS)}) "
-                "nor a JSON file"
-            )
+        pre: Any = contract.PREPROCESSING_PRESETS[value]
+    elif value.lstrip().startswith("{"):
+        try:
+            pre = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--preprocessing is not valid JSON: {exc}") from None
+    elif os.path.isfile(value):
         try:
             with open(value, encoding="utf-8") as f:
                 pre = json.load(f)
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"cannot read --preprocessing {value!r}: {exc}") from None
+    else:
+        raise UsageError(
+            f"--preprocessing {value!r} is neither a preset ({', '.join(contract.PREPROCESSING_PRESETS)}), "
+            "a JSON object nor a JSON file"
+        )
     try:
         return validate_preprocessing(pre)
     except ValueError as exc:
@@ -364,7 +344,7 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     for w in caught:
         _err(f"note: {w.message}", stderr)
 
-    pre = _load_preprocessing(args.preprocessing) if args.preprocessing else explainer.preprocessing
+    pre = load_preprocessing(args.preprocessing) if args.preprocessing else explainer.preprocessing
     if pre is None:
         raise UsageError(
             f"{args.model} has no {contract.META_PREPROCESSING} metadata; pass --preprocessing "
@@ -377,7 +357,7 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
             f"expects {channels}"
         )
     num_classes = explainer.num_classes
-    names = _load_labels(args.labels, num_classes) if args.labels else explainer.class_names
+    names = load_labels(args.labels, num_classes) if args.labels else explainer.class_names
     top_k = explainer.top_k
     if args.target_class is not None and top_k is not None:
         raise UsageError(
@@ -405,7 +385,7 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     except OSError as exc:
         raise UsageError(f"cannot create --out {args.out!r}: {exc.strerror or exc}") from None
 
-    mode = 0o666 & ~_current_umask()
+    mode = 0o666 & ~current_umask()
     requested = [contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS, contract.OUTPUT_HEATMAP]
     if num_layers > 1:
         requested += [f"{contract.OUTPUT_HEATMAP}_{i}" for i in range(num_layers)]

@@ -28,13 +28,14 @@ nothing is written then.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from typing import IO, Any, Optional
+
+from onnxcam.cli_explain import UsageError, atomic_write, load_labels, load_preprocessing
 
 PROG = "onnxcam gallery"
 #: The methods exported as graphs, then the runtime one.
@@ -49,10 +50,6 @@ TITLES = {
     "layercam": "LayerCAM",
     "scorecam": "Score-CAM",
 }
-
-
-class UsageError(Exception):
-    """A problem with the command line or its inputs: exit status 2, nothing written."""
 
 
 def add_gallery_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -106,50 +103,6 @@ def parse_methods(text: str) -> list[str]:
     if not methods:
         raise UsageError(f"--methods is empty; valid methods: {', '.join(METHODS)}")
     return methods
-
-
-def load_preprocessing(value: str) -> dict:
-    """A preset name, a JSON object, or a JSON file, validated."""
-    from onnxcam import contract
-    from onnxcam.runtime.images import validate_preprocessing
-
-    if value in contract.PREPROCESSING_PRESETS:
-        pre: Any = contract.PREPROCESSING_PRESETS[value]
-    elif value.lstrip().startswith("{"):
-        try:
-            pre = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--preprocessing is not valid JSON: {exc}") from None
-    elif os.path.isfile(value):
-        try:
-            with open(value, encoding="utf-8") as f:
-                pre = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"cannot read --preprocessing {value!r}: {exc}") from None
-    else:
-        raise UsageError(
-            f"--preprocessing {value!r} is neither a preset ({', '.join(contract.PREPROCESSING_PRESETS)}), "
-            "a JSON object nor a JSON file"
-        )
-    try:
-        return validate_preprocessing(pre)
-    except ValueError as exc:
-        raise UsageError(f"--preprocessing {value!r}: {exc}") from None
-
-
-def load_labels(path: str, num_classes: int) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            labels = json.load(f)
-    except OSError as exc:
-        raise UsageError(f"cannot read --labels {path!r}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--labels {path!r} is not valid JSON: {exc}") from None
-    if not isinstance(labels, list) or not all(isinstance(x, (str, int, float)) for x in labels):
-        raise UsageError(f"--labels {path!r} must be a JSON list of class names")
-    if len(labels) != num_classes:
-        raise UsageError(f"--labels {path!r} has {len(labels)} names but the model has {num_classes} classes")
-    return [str(x) for x in labels]
 
 
 def caption(name: str, probability: float) -> str:
@@ -264,7 +217,6 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     import numpy as np
 
     import onnxcam
-    from onnxcam.cli_explain import atomic_write
     from onnxcam.runtime import load_image, score_cam
     from onnxcam.runtime.gallery import render_gallery
 
@@ -325,17 +277,10 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise RuntimeError("OpenCV could not encode the grid as PNG")
-    mode = 0o666 & ~_umask()
-    atomic_write(args.output, png.tobytes(), mode)
+    atomic_write(args.output, png.tobytes())
     _note(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]} px, {len(images)} row(s), "
           f"{len(methods)} method(s)) in {time.perf_counter() - started:.1f} s", stderr)
     return 0
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

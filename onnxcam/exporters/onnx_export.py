@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxcam import contract
+from onnxcam._files import atomic_write
 from onnxcam._version import __version__
 from onnxcam.exporters.batch import make_batch_dynamic
 from onnxcam.exporters.builder import GraphBuilder
@@ -318,20 +318,4 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, overwrite: bool = F
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".onnxcam-", suffix=".onnx.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(model.SerializeToString())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a saved model gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    """The process's file-creation mask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    atomic_write(path, model.SerializeToString())  # the usual 0666 & ~umask permissions
