@@ -4,8 +4,8 @@ A CUDA torchvision wheel on CPU torch fails at import with ``RuntimeError: opera
 torchvision::nms does not exist``: its compiled ops library cannot load, while
 ``torchvision/_meta_registrations.py`` registers fake kernels for ``torchvision::nms``/``qnms``.
 Defining those two op *schemas* (no kernel) lets the Python package, and so
-``torchvision.models``, import. Only done when the plain import fails. (Same logic as the test
-suite's shim; benchmarks do not import from ``tests/``.)
+``torchvision.models``, import. Only done when the plain import fails. (The test suite's
+``tests/reference/torchvision_shim.py`` re-exports this one.)
 """
 from __future__ import annotations
 

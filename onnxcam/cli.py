@@ -119,20 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _export_parser(sub)
     _layers_parser(sub)
-    try:
-        from onnxcam.cli_explain import add_explain_parser, run_explain
-    except ImportError:  # pragma: no cover - only while the explain command is being written
-        pass
-    else:
-        add_explain_parser(sub)
-        sub.choices["explain"].set_defaults(run=run_explain)
-    try:
-        from onnxcam.cli_gallery import add_gallery_parser, run_gallery
-    except ImportError:  # pragma: no cover - only while the gallery command is being written
-        pass
-    else:
-        add_gallery_parser(sub)
-        sub.choices["gallery"].set_defaults(run=run_gallery)
+    from onnxcam.cli_explain import add_explain_parser, run_explain
+    from onnxcam.cli_gallery import add_gallery_parser, run_gallery
+
+    for add, name, run in ((add_explain_parser, "explain", run_explain), (add_gallery_parser, "gallery", run_gallery)):
+        add(sub)
+        sub.choices[name].set_defaults(run=run)
     return parser
 
 

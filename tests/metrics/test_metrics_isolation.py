@@ -7,41 +7,14 @@ covered without editing this test.
 from __future__ import annotations
 
 import json
-import os
 import pkgutil
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
+
+from tests.isolation import run_blocked as _run
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = REPO / "onnxcam" / "metrics"
-
-# The same blocker as tests/runtime/test_isolation.py: `import torch` / `import onnx` (and their
-# submodules, onnxscript, torchvision) raise ImportError.
-BLOCKER = textwrap.dedent(
-    """
-    import sys, importlib.abc
-    BLOCKED = ("torch", "onnx", "onnxscript", "torchvision")
-    class _Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-    sys.meta_path.insert(0, _Blocker())
-    for _m in list(sys.modules):
-        if _m.split(".")[0] in BLOCKED:
-            del sys.modules[_m]
-    """
-)
-
-
-def _run(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
-        capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120,
-    )
 
 
 def _modules_on_disk() -> list[str]:

@@ -4,43 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.isolation import run_blocked as _run
+
 REPO = Path(__file__).resolve().parents[2]
-
-# Makes `import torch` / `import onnx` (and their submodules, and onnxscript) raise ImportError.
-BLOCKER = textwrap.dedent(
-    """
-    import sys, importlib.abc
-    BLOCKED = ("torch", "onnx", "onnxscript", "torchvision")
-    class _Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-    sys.meta_path.insert(0, _Blocker())
-    for _m in list(sys.modules):
-        if _m.split(".")[0] in BLOCKED:
-            del sys.modules[_m]
-    """
-)
-
-
-def _run(code: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-c", BLOCKER + textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(REPO),
-        timeout=120,
-    )
 
 
 def test_blocker_really_blocks():
