@@ -147,6 +147,11 @@ def _check_maps(saliency: object, expected: tuple[int, int, int], what: str = "x
         raise ValueError(
             f"saliency has shape {tuple(s.shape)}; expected [N, H, W] = [{n}, {h}, {w}] matching {what}"
         )
+    return finite_maps(s)
+
+
+def finite_maps(s: np.ndarray) -> np.ndarray:
+    """``s`` as float64, refused unless numeric (or bool) and finite (shape checked by the caller)."""
     if not (np.issubdtype(s.dtype, np.number) or s.dtype == np.bool_):
         raise ValueError(f"saliency must be numeric, got dtype {s.dtype}")
     s = s.astype(np.float64)

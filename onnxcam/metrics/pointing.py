@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from onnxcam.metrics.faithfulness import normalize_maps
+from onnxcam.metrics.faithfulness import finite_maps, normalize_maps
 
 __all__ = ["Boxes", "boxes_mask", "energy_pointing_game", "pointing_game"]
 
@@ -37,12 +37,7 @@ def _check_maps(saliency: object) -> np.ndarray:
     s = np.asarray(saliency)
     if s.ndim != 3 or 0 in s.shape:
         raise ValueError(f"saliency has shape {tuple(s.shape)}; expected [N, H, W] with N, H, W >= 1")
-    if not (np.issubdtype(s.dtype, np.number) or s.dtype == np.bool_):
-        raise ValueError(f"saliency must be numeric, got dtype {s.dtype}")
-    s = s.astype(np.float64)
-    if not np.isfinite(s).all():
-        raise ValueError("saliency contains NaN or Inf")
-    return s
+    return finite_maps(s)
 
 
 def _check_boxes(boxes: Boxes, n: int, h: int, w: int) -> list[np.ndarray]:

@@ -58,6 +58,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from onnxcam.metrics.statistics import average_ranks, pearson
+
 __all__ = ["HeadFunction", "HeadScorer", "ShapleyEstimate", "shapley_permutation"]
 
 #: A function from a batch of target activations ``[M, K, h, w]`` to logits ``[M, C]``.
@@ -214,8 +216,8 @@ def shapley_permutation(
         value_empty=value_empty,
         efficiency_gap=float(abs(values.sum() - (value_full - value_empty))),
         relative_stderr=relative,
-        split_half_pearson=_pearson(first, second),
-        split_half_spearman=_pearson(_ranks(first), _ranks(second)),
+        split_half_pearson=_split_half(first, second),
+        split_half_spearman=_split_half(average_ranks(first), average_ranks(second)),
         antithetic=bool(antithetic),
         stderr_target_met=None if until_stderr is None else bool(relative <= until_stderr),
     )
@@ -369,21 +371,8 @@ def _relative_stderr(values: np.ndarray, stderr: np.ndarray) -> float:
     return spread / norm
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 with ties given their average rank (what Spearman's correlation uses)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation; 1.0 for two identical vectors, NaN when exactly one is constant."""
+def _split_half(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of the two halves' estimates; 1.0 when they are identical (e.g. a linear head,
+    where every permutation gives the same values), NaN when exactly one is constant."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    dx, dy = x - x.mean(), y - y.mean()
-    sx, sy = float(np.sqrt((dx * dx).sum())), float(np.sqrt((dy * dy).sum()))
-    if sx == 0.0 or sy == 0.0:
-        return 1.0 if np.array_equal(x, y) else math.nan
-    return float((dx * dy).sum() / (sx * sy))
+    return 1.0 if np.array_equal(x, y) else pearson(x, y)

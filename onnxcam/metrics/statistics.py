@@ -19,7 +19,7 @@ from typing import Union
 
 import numpy as np
 
-__all__ = ["agreement", "average_ranks", "bootstrap_ci"]
+__all__ = ["agreement", "average_ranks", "bootstrap_ci", "pearson"]
 
 #: Elements of the ``[resamples, n]`` index matrix drawn at once (bounds the memory of a bootstrap).
 _BOOTSTRAP_CHUNK = 4_000_000
@@ -101,7 +101,8 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two float 1-D arrays; NaN when either is constant."""
     da, db = a - a.mean(), b - b.mean()
     denominator = math.sqrt(float(da @ da) * float(db @ db))
     return float(da @ db) / denominator if denominator > 0 else math.nan
@@ -147,8 +148,8 @@ def agreement(reference: np.ndarray, estimate: np.ndarray, top_fraction: float =
     k = math.ceil(round(float(top_fraction) * a.size, 9))  # round: 0.1 * 30 is 3.0000000000000004
     shared = np.intersect1d(_top(a, k), _top(b, k)).size
     return {
-        "pearson": _pearson(a, b),
-        "spearman": _pearson(average_ranks(a), average_ranks(b)),
+        "pearson": pearson(a, b),
+        "spearman": pearson(average_ranks(a), average_ranks(b)),
         "cosine": float(a @ b) / norms if norms > 0 else math.nan,
         "top_overlap": shared / k,
     }
