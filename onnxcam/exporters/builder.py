@@ -75,13 +75,9 @@ class GraphBuilder:
 
         onnxruntime runs dead nodes too, so e.g. a multiplier the tail ended up not needing must go.
         """
-        live = set(wanted)
-        kept = []
-        for node in reversed(self.nodes):
-            if any(o in live for o in node.output):
-                kept.append(node)
-                live.update(i for i in node.input if i)
-        self.nodes = kept[::-1]
+        keep = needed_nodes(self.nodes, wanted)
+        self.nodes = [n for i, n in enumerate(self.nodes) if i in keep]
+        live = {x for n in self.nodes for x in n.input} | set(wanted)
         self.initializers = [i for i in self.initializers if i.name in live]
 
     # -- opset-aware helpers ------------------------------------------------------------------
@@ -119,3 +115,13 @@ class GraphBuilder:
         if len(names) == 1:
             return names[0]
         return self.op("Sum", list(names), hint)
+
+
+def needed_nodes(nodes: Sequence[onnx.NodeProto], wanted: set[str]) -> set[int]:
+    """Indices of the ``nodes`` (in topological order) that tensors in ``wanted`` depend on."""
+    live, keep = set(wanted), set()
+    for i in range(len(nodes) - 1, -1, -1):
+        if any(o in live for o in nodes[i].output):
+            keep.add(i)
+            live.update(x for x in nodes[i].input if x)
+    return keep

@@ -21,20 +21,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import contract
-from onnxcam.exporters.builder import GraphBuilder
+from onnxcam.exporters.builder import GraphBuilder, needed_nodes
 
 #: Outputs computed whatever ``onnxcam_explain`` says.
 ALWAYS = (contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS)
-
-
-def _needed(nodes: list[onnx.NodeProto], wanted: set[str]) -> set[int]:
-    """Indices of ``nodes`` that tensors in ``wanted`` depend on."""
-    live, keep = set(wanted), set()
-    for i in range(len(nodes) - 1, -1, -1):
-        if any(o in live for o in nodes[i].output):
-            keep.add(i)
-            live.update(x for x in nodes[i].input if x)
-    return keep
 
 
 def _empty(info: onnx.ValueInfoProto, name: str) -> onnx.NodeProto:
@@ -52,7 +42,7 @@ def gate_explanations(builder: GraphBuilder, infos: list[onnx.ValueInfoProto]) -
     ``builder.initializers`` keep what stays outside (the logits and class path) plus the ``If``.
     """
     nodes = builder.nodes
-    outside = _needed(nodes, set(ALWAYS))
+    outside = needed_nodes(nodes, set(ALWAYS))
     gated_nodes = [n for i, n in enumerate(nodes) if i not in outside]
     kept_nodes = [n for i, n in enumerate(nodes) if i in outside]
     outside_inputs = {x for n in kept_nodes for x in n.input}
