@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from onnxcam import contract
 from onnxcam.runtime.images import color_channels, load_image, preprocess, validate_preprocessing
-from onnxcam.runtime.model_metadata import recommended_session_config
+from onnxcam.runtime.sessions import model_source, open_session
 
 __all__ = ["DEFAULT_OUTPUTS", "META_CLASS_NAMES", "Explainer", "Explanation", "LayerExplanation"]
 
@@ -393,14 +393,7 @@ class Explainer:
         threads: Optional[int] = None,
         session_config: Optional[Mapping[str, str]] = None,
     ) -> None:
-        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-            model: Union[str, bytes] = bytes(path_or_bytes)
-            self._source = "<bytes>"
-        else:
-            model = os.fspath(path_or_bytes)
-            self._source = model
-            if not os.path.isfile(model):
-                raise FileNotFoundError(f"no such model file: {model!r}")
+        model, self._source = model_source(path_or_bytes)
         if device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -428,21 +421,8 @@ class Explainer:
                     "onnxruntime has no CUDAExecutionProvider (install onnxcam[gpu]); using CPU"
                 )
 
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        # Read before the session exists (onnxruntime shows metadata only afterwards): no onnx needed.
-        self._session_config = recommended_session_config(model)
-        if session_config is not None:
-            if not isinstance(session_config, Mapping):
-                raise ValueError(f"session_config must be a mapping of str to str, got {type(session_config).__name__}")
-            self._session_config.update({str(k): str(v) for k, v in session_config.items()})
-        for key, value in self._session_config.items():
-            options.add_session_config_entry(key, value)
-        try:
-            self._session = ort.InferenceSession(model, sess_options=options, providers=chosen)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ValueError(f"onnxruntime cannot load {self._source}: {exc}") from exc
+        # The exporter's session-config recommendations are read before the session exists (no onnx).
+        self._session, self._session_config = open_session(model, self._source, chosen, threads, session_config)
 
         actual = self._session.get_providers()
         if providers is None and _CUDA in chosen and _CUDA not in actual:

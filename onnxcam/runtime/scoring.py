@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxcam import contract
+from onnxcam.runtime.sessions import model_source, open_session
 
 __all__ = ["ScoreFunction", "Scorer", "softmax"]
 
@@ -114,25 +115,12 @@ class Scorer:
         self.output = output
 
     def _open(self, model, device: str, threads: Optional[int]) -> ort.InferenceSession:
-        if isinstance(model, (bytes, bytearray, memoryview)):
-            source: Union[str, bytes] = bytes(model)
-            self._source = "<bytes>"
-        else:
-            source = os.fspath(model)
-            self._source = source
-            if not os.path.isfile(source):
-                raise FileNotFoundError(f"no such model file: {source!r}")
+        source, self._source = model_source(model)
         available = ort.get_available_providers()
         if device == "cuda" and _CUDA not in available:
             raise ValueError("device='cuda' but onnxruntime has no CUDAExecutionProvider")
         providers = [_CUDA, _CPU] if device != "cpu" and _CUDA in available else [_CPU]
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        try:
-            return ort.InferenceSession(source, sess_options=options, providers=providers)
-        except Exception as exc:
-            raise ValueError(f"onnxruntime cannot load {self._source}: {exc}") from exc
+        return open_session(source, self._source, providers, threads)[0]
 
     def _target(self, n: int) -> np.ndarray:
         shape = self._target_input.shape
