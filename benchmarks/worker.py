@@ -99,6 +99,16 @@ def ort_session(path: str, threads: int, profile_prefix: str | None = None, conf
     return session, time.perf_counter() - t0
 
 
+def timed_calls(call, n: int) -> list[float]:
+    """Seconds of ``max(1, n)`` successive calls (the memory phase's calls)."""
+    times = []
+    for _ in range(max(1, n)):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 class OrtCall:
     """``session.run(outputs, feeds)`` on a fixed input; ``outputs=None`` fetches every graph output."""
 
@@ -223,12 +233,7 @@ def job_ort_mem(spec: dict) -> dict:
     mem.start()  # baseline after the imports and the input, the same for every contender
     session, create_s = ort_session(path, spec["threads"], config=None if which == FLOOR else cam_config(spec))
     mem.mark_setup()
-    call = OrtCall(session, x, outputs)
-    times = []
-    for _ in range(max(1, spec["mem_calls"])):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    times = timed_calls(OrtCall(session, x, outputs), spec["mem_calls"])
     return {
         "contender": which,
         **mem.result(),
@@ -247,11 +252,7 @@ def job_ort_main(spec: dict) -> dict:
     cam, cam_create_s = ort_session(spec["cam_path"], threads, config=cam_config(spec))
     mem.mark_setup()
     cam_all = OrtCall(cam, x, None)
-    first = []
-    for _ in range(max(1, spec["mem_calls"])):
-        t0 = time.perf_counter()
-        cam_all()
-        first.append(time.perf_counter() - t0)
+    first = timed_calls(cam_all, spec["mem_calls"])
     memory = mem.result()
 
     floor, floor_create_s = ort_session(spec["plain_path"], threads)
@@ -306,11 +307,7 @@ def job_peer(spec: dict) -> dict:
     model = build_model(model_name)
     peer = make_peer(peer_name, model_name, model)
     mem.mark_setup()
-    first = []
-    for _ in range(max(1, spec["mem_calls"])):
-        t0 = time.perf_counter()
-        peer(x)
-        first.append(time.perf_counter() - t0)
+    first = timed_calls(lambda: peer(x), spec["mem_calls"])
     memory = mem.result()
 
     floor, floor_create_s = ort_session(spec["plain_path"], spec["threads"])
