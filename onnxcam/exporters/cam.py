@@ -34,6 +34,7 @@ from onnx import TensorProto, helper
 
 from onnxcam import contract
 from onnxcam.exporters.builder import GraphBuilder
+from onnxcam.resize import bilinear_matrix
 
 #: Methods and whether their sweep uses DeepLIFT rules (True) or plain gradients (False).
 METHODS = {
@@ -158,24 +159,6 @@ def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
     one = b.const(np.float32(1.0), "one_f32")
     inv_span = b.op("Where", [usable, b.op("Div", [one, b.op("Where", [usable, span, one])]), zero], "inv_span")
     return b.op("Mul", [b.op("Sub", [resized, low]), inv_span], "heatmap")
-
-
-def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """``R`` [out, in] with ``R @ v`` = linear interpolation of ``v`` at half-pixel centres.
-
-    Source coordinate ``x = (i + ½)·in/out − ½``, clamped at 0; weights ``1 − λ`` and ``λ`` on
-    ``⌊x⌋`` and ``min(⌊x⌋ + 1, in − 1)`` — PyTorch ``align_corners=False`` and ONNX
-    ``Resize(mode="linear", coordinate_transformation_mode="half_pixel")``.
-    """
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    for i in range(out_size):
-        x = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
-        x0 = min(int(np.floor(x)), in_size - 1)
-        x1 = min(x0 + 1, in_size - 1)
-        lam = x - x0 if x0 < in_size - 1 else 0.0
-        matrix[i, x0] += 1.0 - lam
-        matrix[i, x1] += lam
-    return matrix.astype(np.float32)
 
 
 def _static_hw(b: GraphBuilder, cam_map: str) -> tuple[int, int]:

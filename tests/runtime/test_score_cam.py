@@ -170,10 +170,21 @@ def _resize64(m, out_h, out_w):
 
 # ---------------------------------------------------------------------------- heatmap convention
 @pytest.mark.parametrize("out_size,in_size", [(224, 7), (32, 8), (16, 16), (5, 9), (1, 3), (7, 1)])
-def test_bilinear_matrix_is_the_exporters(out_size, in_size):
-    from onnxcam.exporters.cam import bilinear_matrix as exporter_matrix
+def test_bilinear_matrix_is_onnx_resize_linear_half_pixel(out_size, in_size):
+    """The matrix (shared by the exporter and Score-CAM, onnxcam.resize) equals onnxruntime's
+    ``Resize(linear, half_pixel)`` applied to the identity (rows resized from in_size to out_size)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
 
-    np.testing.assert_array_equal(bilinear_matrix(out_size, in_size), exporter_matrix(out_size, in_size))
+    sizes = numpy_helper.from_array(np.array([1, 1, out_size, in_size], np.int64), "sizes")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                            coordinate_transformation_mode="half_pixel")
+    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, in_size, in_size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (resized,) = session.run(None, {"x": np.eye(in_size, dtype=np.float32)[None, None]})
+    np.testing.assert_allclose(bilinear_matrix(out_size, in_size), resized[0, 0], atol=1e-6)
 
 
 def test_cam_heatmap_matches_float64_and_zeroes_constant_maps(tiny):
