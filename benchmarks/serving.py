@@ -65,24 +65,8 @@ def switchable_path(record: dict) -> str:
     return str(path)
 
 
-class Call:
-    def __init__(self, session, x: np.ndarray, outputs, explain: bool | None) -> None:
-        from onnxcam import contract
-
-        self.session, self.outputs = session, outputs
-        names = [i.name for i in session.get_inputs()]
-        self.feeds = {names[0]: x}
-        if contract.INPUT_TARGET in names:
-            self.feeds[contract.INPUT_TARGET] = np.full(x.shape[0], -1, np.int64)
-        if explain is not None:
-            self.feeds[contract.INPUT_EXPLAIN] = np.array(explain)
-
-    def __call__(self):
-        return self.session.run(self.outputs, self.feeds)
-
-
 def time_model(record: dict, switch: str, batch: int, threads: int, budget_s: float) -> dict:
-    from benchmarks.worker import cam_config, ort_session
+    from benchmarks.worker import OrtCall, cam_config, ort_session
 
     x = np.random.default_rng(0).standard_normal((batch, 3, MODELS[record["model"]].input_size,
                                                   MODELS[record["model"]].input_size), dtype=np.float32)
@@ -90,11 +74,11 @@ def time_model(record: dict, switch: str, batch: int, threads: int, budget_s: fl
     cam, _ = ort_session(record["cam_path"], threads, config=cam_config({"cam_path": record["cam_path"]}))
     sw, _ = ort_session(switch, threads, config=cam_config({"cam_path": switch}))
     calls = {
-        "floor": Call(floor, x, None, None),
-        "switch_off": Call(sw, x, None, False),
-        "switch_on": Call(sw, x, None, True),
-        "export_all": Call(cam, x, None, None),
-        "export_logits": Call(cam, x, record["original_outputs"], None),
+        "floor": OrtCall(floor, x),
+        "switch_off": OrtCall(sw, x, explain=False),
+        "switch_on": OrtCall(sw, x, explain=True),
+        "export_all": OrtCall(cam, x),
+        "export_logits": OrtCall(cam, x, record["original_outputs"]),
     }
     times = measure.alternate(calls, warmup=2, min_rounds=5, max_rounds=200, budget_s=budget_s)
     return {
@@ -110,18 +94,15 @@ def time_model(record: dict, switch: str, batch: int, threads: int, budget_s: fl
 _MEMORY = """
 import json, sys, numpy as np
 from benchmarks import measure
-from benchmarks.worker import cam_config, ort_session
+from benchmarks.worker import OrtCall, cam_config, ort_session
 path, size, explain, threads, hints = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
 mem = measure.PeakMemory(); mem.start()
 config = cam_config({"cam_path": path}) if hints == "1" else None
 s, _ = ort_session(path, threads, config=config)
 mem.mark_setup()
-names = [i.name for i in s.get_inputs()]
-feeds = {names[0]: x}
-if "onnxcam_target" in names: feeds["onnxcam_target"] = np.full(1, -1, np.int64)
-if "onnxcam_explain" in names: feeds["onnxcam_explain"] = np.array(explain == "true")
-for _ in range(3): s.run(None, feeds)
+call = OrtCall(s, x, explain=explain != "false")
+for _ in range(3): call()
 print(json.dumps(mem.result()))
 """
 

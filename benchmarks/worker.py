@@ -42,7 +42,8 @@ FLOOR_AA = "ort_floor_aa"
 CAM_ALL = "onnxcam_all"
 CAM_LOGITS = "onnxcam_logits_only"
 
-TARGET_INPUT = "onnxcam_target"  # onnxcam.contract.INPUT_TARGET (not imported: ORT-only jobs stay onnxcam-free)
+TARGET_INPUT = "onnxcam_target"  # onnxcam.contract.INPUT_TARGET
+EXPLAIN_INPUT = "onnxcam_explain"  # onnxcam.contract.INPUT_EXPLAIN (switchable exports)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,16 +111,19 @@ def timed_calls(call, n: int) -> list[float]:
 
 
 class OrtCall:
-    """``session.run(outputs, feeds)`` on a fixed input; ``outputs=None`` fetches every graph output."""
+    """``session.run(outputs, feeds)`` on a fixed input; ``outputs=None`` fetches every graph output.
+    ``explain``: the value fed to a switchable export's ``onnxcam_explain`` (default True)."""
 
-    def __init__(self, session, x: np.ndarray, outputs=None) -> None:
+    def __init__(self, session, x: np.ndarray, outputs=None, explain: bool = True) -> None:
         self.session = session
         self.outputs = outputs
         names = [i.name for i in session.get_inputs()]
-        image = next(n for n in names if n != TARGET_INPUT)
+        image = next(n for n in names if n not in (TARGET_INPUT, EXPLAIN_INPUT))
         self.feeds = {image: x}
         if TARGET_INPUT in names:
             self.feeds[TARGET_INPUT] = np.full((x.shape[0],), -1, dtype=np.int64)  # explain the prediction
+        if EXPLAIN_INPUT in names:
+            self.feeds[EXPLAIN_INPUT] = np.array(explain)
 
     def __call__(self):
         return self.session.run(self.outputs, self.feeds)
