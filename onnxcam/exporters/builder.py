@@ -53,6 +53,23 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=self.fresh(f"node/{output}"), **attrs))
         return output
 
+    def rename(self, tensor: str, name: str) -> str | None:
+        """Give the output ``tensor`` of an added node the exact name ``name`` (a contract output),
+        rewriting the added nodes that read it; ``None`` (nothing changed) when no added node produces
+        ``tensor``. Saves the Identity/Reshape node a plain alias would cost at every run."""
+        producer = next((n for n in self.nodes if tensor in n.output), None)
+        if producer is None:
+            return None
+        self._taken.add(name)
+        for node in self.nodes:
+            for field in (node.input, node.output):
+                for i, x in enumerate(field):
+                    if x == tensor:
+                        field[i] = name
+        if tensor in self.static_shapes:
+            self.static_shapes[name] = self.static_shapes.pop(tensor)
+        return name
+
     def const(self, value: np.ndarray | float | int | Sequence, hint: str = "const", dtype=None) -> str:
         """An initializer holding ``value``; small identical constants are shared."""
         array = np.asarray(value, dtype=dtype)

@@ -34,6 +34,7 @@ from onnx import TensorProto, helper
 
 from onnxcam import contract
 from onnxcam.exporters.builder import GraphBuilder
+from onnxcam.exporters.rules.context import ChannelMultiplier
 from onnxcam.resize import bilinear_matrix
 
 #: Methods and whether their sweep uses DeepLIFT rules (True) or plain gradients (False).
@@ -72,37 +73,42 @@ def class_and_seed(b: GraphBuilder, logits: str, num_classes: int, top_k: int | 
 
 
 def cam_outputs(b: GraphBuilder, activations: str, sweep: str, target_shape, input_hw, method: str,
-                names: Names, top_k: int | None, spatially_constant: str | None = None) -> str:
+                names: Names, top_k: int | None, spatially_constant: ChannelMultiplier | None = None) -> str:
     """Emit coefficients, map and heatmap of one layer; returns the heatmap's name.
 
-    ``spatially_constant``: when the sweep's result is a [B,K,1,1] tensor broadcast over space (a
-    global-average-pool head), that tensor — then ``φ_k = m_k · Σ_ij A_kij`` needs no [B,K,h,w] product.
+    ``spatially_constant``: when the sweep's result is a [B,K,1,1] tensor broadcast over space (the
+    target feeds a global average pool), :class:`ChannelMultiplier` — then ``φ_k = g_k · mean_ij A_kij``
+    reuses the forward's pooled output: no [B,K,h,w] product and no reduction.
     """
     k, h, w = target_shape
     batch_shape = [-1] if top_k is None else [-1, top_k]
 
     def out(name: str, tensor: str, rest) -> str:
-        """Expose ``tensor`` [B, *rest] as ``name`` with shape [N, (k,) *rest]."""
-        return b.op_named("Reshape", [tensor, b.ints([*batch_shape, *rest], "out_shape")], name)
+        """Expose ``tensor`` [B, *rest] as ``name`` with shape [N, (k,) *rest]; returns the name under
+        which ``tensor`` lives on. Without top-k the shapes agree and the tensor is renamed: no node
+        (each costs a few µs of dispatch per run, visible next to a 5 ms forward)."""
+        if top_k is None and b.rename(tensor, name) is not None:
+            return name
+        b.op_named("Reshape", [tensor, b.ints([*batch_shape, *rest], "out_shape")], name)
+        return tensor
 
     if spatially_constant is not None and method in ("liftcam", "gradcam"):
-        m = b.op("Reshape", [spatially_constant, b.ints([0, k], "channels")], "multiplier_per_channel")
-        if method == "liftcam":
-            sums = b.reduce("ReduceSum", activations, [2, 3], False, "activation_sums")
-            coefficients, weighted = b.op("Mul", [sums, m], "coefficients"), None
-        else:
-            coefficients, weighted = m, None
+        # φ_k = Σ_ij A_kij · g_k/(h·w) = g_k · mean_ij A_kij (LIFT-CAM); mean_ij G_k = g_k/(h·w) (Grad-CAM)
+        per_channel = (b.op("Mul", [spatially_constant.incoming, spatially_constant.pooled], "channel_contributions")
+                       if method == "liftcam" else spatially_constant.scaled)
+        coefficients = b.op("Reshape", [per_channel, b.ints([0, k], "channels")], "coefficients")
+        weighted = None
     else:
         coefficients, weighted = _method(b, method, activations, sweep)
-    out(names.OUTPUT_COEFFICIENTS, coefficients, [k])
+    coefficients = out(names.OUTPUT_COEFFICIENTS, coefficients, [k])
     if weighted is None:  # channel weights: one batched MatMul instead of materialising φ ⊙ A
         flat = b.op("Reshape", [activations, b.ints([0, k, h * w], "flat_shape")], "activations_flat")
         weighted = b.op("MatMul", [b.unsqueeze(coefficients, [1]), flat], "weighted_sum")
     cam_map = b.op("Relu", [b.op("Reshape", [weighted, b.ints([-1, h, w], "map_shape")], "map_linear")], "map")
     b.static_shapes[cam_map] = (h, w)
-    out(names.OUTPUT_MAP, cam_map, [h, w])
-    heatmap = _heatmap(b, cam_map, input_hw)
-    return out(names.OUTPUT_HEATMAP, heatmap, list(input_hw))
+    cam_map = out(names.OUTPUT_MAP, cam_map, [h, w])
+    out(names.OUTPUT_HEATMAP, _heatmap(b, cam_map, input_hw), list(input_hw))
+    return names.OUTPUT_HEATMAP
 
 
 def _method(b: GraphBuilder, method: str, a: str, m: str) -> tuple[str, str | None]:
@@ -136,8 +142,10 @@ def _method(b: GraphBuilder, method: str, a: str, m: str) -> tuple[str, str | No
 def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
     """Bilinear half-pixel resize of the [B,h,w] map to [B,H,W], min-max normalised per image.
 
-    Per pixel only ``(resized − min) · inv_span``; ``inv_span`` is per image and 0 where the map is
-    constant, so such images come out all zero.
+    ``heatmap = (R − min R) · inv``, ``inv = v / max(max R − min R, FLT_MIN)`` per image, where ``v``
+    is 1 if the low-resolution map varies and 0 if it is constant (such images come out all zero).
+    ``FLT_MIN`` (the smallest normal float32) only matters where the span is 0 or subnormal; there
+    ``R − min R`` is at most that span, so no inf or NaN can arise.
     """
     # Bilinear half-pixel interpolation is separable: resized = R_h · L · R_wᵀ with constant
     # interpolation matrices (exactly Resize(linear, half_pixel)'s weights); two small MatMuls.
@@ -147,18 +155,14 @@ def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
     resized = b.op("MatMul", [rows, b.op("MatMul", [cam_map, cols], "resize_w")], "resized")
     # Constancy is decided on the low-resolution map: resizing a constant map is not exactly constant
     # in float32, and normalising that rounding noise would invent structure.
-    zero = b.const(np.float32(0.0), "zero_f32")
-    map_low = b.reduce("ReduceMin", cam_map, [1, 2], keepdims=False, hint="lowres_min")
-    map_high = b.reduce("ReduceMax", cam_map, [1, 2], keepdims=False, hint="lowres_max")
-    varies = b.op("Greater", [b.op("Sub", [map_high, map_low]), zero], "map_varies")
+    varies = b.op("Greater", [b.reduce("ReduceMax", cam_map, [1, 2], True, "lowres_max"),
+                              b.reduce("ReduceMin", cam_map, [1, 2], True, "lowres_min")], "map_varies")
     low = b.reduce("ReduceMin", resized, [1, 2], keepdims=True, hint="map_min")
-    high = b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max")
-    span = b.op("Sub", [high, low], "map_span")
-    usable = b.op("And", [b.op("Reshape", [varies, b.ints([-1, 1, 1], "per_image")]), b.op("Greater", [span, zero])],
-                  "span_usable")
-    one = b.const(np.float32(1.0), "one_f32")
-    inv_span = b.op("Where", [usable, b.op("Div", [one, b.op("Where", [usable, span, one])]), zero], "inv_span")
-    return b.op("Mul", [b.op("Sub", [resized, low]), inv_span], "heatmap")
+    span = b.op("Sub", [b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max"), low], "map_span")
+    tiny = b.const(np.float32(np.finfo(np.float32).tiny), "flt_min")
+    inv_span = b.op("Div", [b.op("Cast", [varies], "varies_01", to=TensorProto.FLOAT),
+                            b.op("Max", [span, tiny], "safe_span")], "inv_span")
+    return b.op("Mul", [b.op("Sub", [resized, low], "above_min"), inv_span], "heatmap")
 
 
 def _static_hw(b: GraphBuilder, cam_map: str) -> tuple[int, int]:

@@ -12,7 +12,7 @@ the target tensor and zeros fed there:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -55,9 +55,20 @@ class ReferencePass:
 
     values: dict[str, np.ndarray]
     batch_dependent: set[str]
+    #: tensors whose shape depends on the batch size through dimension 0 only (``[1, *rest]`` at
+    #: batch 1, ``[2, *rest]`` at batch 2): they can be reshaped to the constant ``[-1, *rest]``
+    batch_leading: set[str] = field(default_factory=set)
 
     def value(self, name: str) -> np.ndarray:
         return self.values[name]
+
+    def leading_batch_shape(self, name: str) -> list[int] | None:
+        """``[-1, *rest]`` when only dimension 0 of ``name`` grows with the batch (and no other
+        dimension is 0, which Reshape would read as "copy"), else ``None``."""
+        if name not in self.batch_leading:
+            return None
+        rest = [int(d) for d in self.values[name].shape[1:]]
+        return None if 0 in rest else [-1, *rest]
 
     def static(self, name: str) -> np.ndarray | None:
         """The value of a computed tensor when it does not depend on the batch size, else ``None``."""
@@ -101,7 +112,11 @@ def reference_pass(
     batch_dependent = {
         n for n in head.computed_inputs if one[n].shape != two[n].shape or not np.array_equal(one[n], two[n])
     }
-    return ReferencePass(one, batch_dependent)
+    batch_leading = {
+        n for n in names
+        if one[n].ndim >= 1 and one[n].shape[0] == 1 and two[n].shape == (2, *one[n].shape[1:])
+    }
+    return ReferencePass(one, batch_dependent, batch_leading)
 
 
 def _head_tensors(head: Head) -> set[str]:

@@ -22,6 +22,20 @@ DEEPLIFT = "deeplift"
 GRADIENT = "gradient"
 
 
+@dataclass(frozen=True)
+class ChannelMultiplier:
+    """The multiplier at the input ``x`` [B,K,h,w] of ``y = mean_ij x`` (GlobalAveragePool):
+    ``m = g / (h·w)``, the same at every position, where ``g`` [B,K,1,1] is the multiplier of ``y``.
+
+    Then ``Σ_ij x ⊙ m = g ⊙ y``: the channel sums of the contributions are one [B,K,1,1] product with
+    the pooled output the forward already computed (no [B,K,h,w] product, no reduction).
+    """
+
+    incoming: str  #: ``g`` [B,K,1,1]
+    scaled: str  #: ``m = g / (h·w)`` [B,K,1,1]
+    pooled: str  #: ``y`` [B,K,1,1], the forward's pooled output in the sweep's batch and dtype
+
+
 @dataclass
 class SweepState:
     """Shared by every rule of one sweep.
@@ -39,8 +53,9 @@ class SweepState:
     tile: int = 1
     #: multiplier tensors known to be one-hot rows (the seed) -> their class indices [B]
     one_hot: dict[str, str] = field(default_factory=dict)
-    #: multiplier tensors that are a [B,K,1,1] tensor broadcast over space -> that tensor
-    spatially_constant: dict[str, str] = field(default_factory=dict)
+    #: multiplier tensors that are a [B,K,1,1] tensor broadcast over space (a global average pool's
+    #: input) -> what the CAM tail needs to use them without the broadcast
+    spatially_constant: dict[str, "ChannelMultiplier"] = field(default_factory=dict)
     _ref_names: dict[str, str] = field(default_factory=dict)
     _tiled: dict[str, str] = field(default_factory=dict)
 
@@ -142,6 +157,17 @@ class RuleContext:
         if name in self.state.index.constants:
             return tuple(self.state.index.constants[name].shape)
         return tuple(self.state.reference.value(name).shape)
+
+    def reshape_as(self, x: str, like: str, hint: str | None = None) -> str:
+        """``x`` reshaped to the shape of head tensor ``like`` (in the sweep's batch).
+
+        A constant target shape ``[-1, *rest]`` where only ``like``'s leading dimension varies with the
+        batch (one Reshape node); otherwise the runtime shape (Shape → Reshape).
+        """
+        shape = self.state.reference.leading_batch_shape(like)
+        if shape is None:
+            return self.b.reshape_like(x, self.value(like), hint)
+        return self.b.op("Reshape", [x, self.b.ints(shape, "batch_shape")], hint)
 
     def dtype(self, name: str) -> np.dtype:
         """The dtype the sweep computes ``name``'s multipliers in (float32 for float16 tensors)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcam.exporters.rules import Multipliers, register
-from onnxcam.exporters.rules.context import RuleContext
+from onnxcam.exporters.rules.context import ChannelMultiplier, RuleContext
 
 
 def unbroadcast(ctx: RuleContext, g: str, inp: str, out: str) -> str:
@@ -24,7 +24,7 @@ def unbroadcast(ctx: RuleContext, g: str, inp: str, out: str) -> str:
         lead + i for i, d in enumerate(in_shape) if d == 1 and out_shape[lead + i] != 1
     ]
     summed = ctx.b.reduce("ReduceSum", g, axes, keepdims=True, hint="unbroadcast") if axes else g
-    return ctx.b.reshape_like(summed, ctx.value(inp))
+    return ctx.reshape_as(summed, inp)
 
 
 def _only(ctx: RuleContext, varying_inputs: set[int]) -> None:
@@ -60,7 +60,7 @@ def cast(ctx: RuleContext, g: Multipliers) -> Multipliers:
 def reshape(ctx: RuleContext, g: Multipliers) -> Multipliers:
     """Pure reshapes: ``m_x = reshape(g, shape(x))``."""
     _only(ctx, {0})
-    return [ctx.b.reshape_like(g[0], ctx.value(ctx.input(0)), "reshape_back")] + [None] * (len(ctx.node.input) - 1)
+    return [ctx.reshape_as(g[0], ctx.input(0), "reshape_back")] + [None] * (len(ctx.node.input) - 1)
 
 
 @register("Transpose")
@@ -285,7 +285,8 @@ def global_average_pool(ctx: RuleContext, g: Multipliers) -> Multipliers:
     count = int(np.prod(ctx.shape(x)[2:]))
     scaled = ctx.b.op("Mul", [g[0], ctx.const(1.0 / count, "inv_count")], "gap_scaled")
     grad = ctx.b.op("Expand", [scaled, ctx.b.shape(ctx.value(x))], "gap_back")
-    ctx.state.spatially_constant[grad] = scaled  # [B,K,1,1]: lets the CAM tail skip the expansion
+    # Lets the CAM tail skip the expansion (the Expand is pruned when nothing else reads it).
+    ctx.state.spatially_constant[grad] = ChannelMultiplier(g[0], scaled, ctx.value(ctx.node.output[0]))
     return [grad]
 
 

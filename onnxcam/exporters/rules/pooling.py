@@ -60,7 +60,7 @@ def max_pool_rule(ctx: RuleContext, g: str, attrs: dict) -> str:
 
     plain = unpool(g, local)
     if ctx.gradient_mode:
-        return b.reshape_like(plain, x, "maxpool_back")
+        return ctx.reshape_as(plain, x_name, "maxpool_back")
 
     x_ref, y_ref = ctx.ref(x_name), ctx.ref(y_name)
     ref_local = b.const(_pool_indices(ctx.ref_value(x_name), attrs).reshape(1, channels, -1), "argmax_ref")
@@ -74,7 +74,7 @@ def max_pool_rule(ctx: RuleContext, g: str, attrs: dict) -> str:
     small = b.op("Less", [b.op("Abs", [dx]), ctx.const(ctx.eps(x_name), "maxpool_eps")], "small_dx")
     safe = b.op("Where", [small, ctx.const(1.0, "one"), dx], "safe_dx")
     multiplier = b.op("Where", [small, plain, b.op("Div", [routed, safe])], "maxpool_multiplier")
-    return b.reshape_like(multiplier, x, "maxpool_back")
+    return ctx.reshape_as(multiplier, x_name, "maxpool_back")
 
 
 @register("MaxPool")

@@ -188,3 +188,29 @@ def test_one_hot_seed_fast_path(final):
 
     ops = {n.op_type for n in onnxcam.export(model, "A").graph.node if n.name.startswith("onnxcam/")}
     assert "Gather" in ops and "Gemm" not in ops and "MatMul" in ops  # MatMul only in the CAM tail
+
+
+def test_reshapes_that_move_the_batch_axis():
+    # The batch is moved off axis 0 and folded into another axis: the backward reshapes cannot use a
+    # constant [-1, ...] target and must read the runtime shape (checked at batch 2, where the
+    # difference shows; the reference pass sees batches 1 and 2).
+    nodes = [
+        helper.make_node("Transpose", ["A"], ["t"], perm=[1, 0, 2, 3]),  # [K, N, h, w]
+        helper.make_node("Reshape", ["t", "fold"], ["folded"]),  # [K, N·h·w]
+        helper.make_node("Reshape", ["folded", "unfold"], ["u"]),  # [K, N, h, w]
+        helper.make_node("Transpose", ["u"], ["out"], perm=[1, 0, 2, 3]),
+    ]
+    inits = [init("fold", np.array([3, -1], np.int64)), init("unfold", np.array([3, -1, 2, 5], np.int64))]
+    check(probe_model(nodes, (1, 3, 2, 5), "out", inits), (1, 3, 2, 5))
+
+
+def test_flatten_backward_uses_a_constant_shape():
+    # Only axis 0 grows with the batch, so Flatten's backward is one Reshape to [-1, K, h, w]: no Shape node.
+    import onnxcam
+
+    model = probe_model([helper.make_node("Mul", ["A", "two"], ["out"])], (1, 3, 2, 5), "out",
+                        [init("two", np.array(2.0, np.float32))], pool=False)
+    cam = onnxcam.export(model, "A", raw=True)
+    added = [n for n in cam.graph.node if n.name.startswith("onnxcam/")]
+    assert "Shape" not in {n.op_type for n in added}
+    check(model, (1, 3, 2, 5))
