@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bilinear_matrix"]
+__all__ = ["bilinear_matrix", "extreme_rows"]
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -22,11 +22,37 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     if out_size < 1 or in_size < 1:
         raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
     rows = np.arange(out_size)
-    x = np.maximum((rows + 0.5) * in_size / out_size - 0.5, 0.0)
-    x0 = np.minimum(np.floor(x).astype(np.int64), in_size - 1)
+    x, x0 = _source(out_size, in_size)
     x1 = np.minimum(x0 + 1, in_size - 1)
     lam = np.where(x0 < in_size - 1, x - x0, 0.0)
     matrix = np.zeros((out_size, in_size), dtype=np.float64)
     np.add.at(matrix, (rows, x0), 1.0 - lam)
     np.add.at(matrix, (rows, x1), lam)
     return matrix.astype(np.float32)
+
+
+def extreme_rows(out_size: int, in_size: int) -> np.ndarray:
+    """Rows of :func:`bilinear_matrix` at which ``R @ v`` reaches its minimum and maximum, for any ``v``.
+
+    ``R @ v`` samples the piecewise-linear interpolant of ``v`` at increasing source coordinates; the
+    samples sharing a left knot ``⌊x⌋`` lie on one linear piece (or on the constant clamped ends), so
+    each group's extremes are its first and last sample. Upsampling by ``s`` needs about ``2·in`` of
+    the ``out = s·in`` rows.
+
+    Example::
+
+        >>> extreme_rows(8, 2).tolist()  # x = -0.375 (clamped), -0.125, 0.125, ..., 1.375
+        [0, 5, 6, 7]
+    """
+    if out_size < 1 or in_size < 1:
+        raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
+    _, x0 = _source(out_size, in_size)
+    starts = np.flatnonzero(np.diff(x0, prepend=-1))
+    ends = np.append(starts[1:] - 1, out_size - 1)
+    return np.unique(np.concatenate([starts, ends]))
+
+
+def _source(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clamped half-pixel source coordinates of the output rows and their left knots."""
+    x = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+    return x, np.minimum(np.floor(x).astype(np.int64), in_size - 1)

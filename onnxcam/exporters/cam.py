@@ -35,7 +35,7 @@ from onnx import TensorProto, helper
 from onnxcam import contract
 from onnxcam.exporters.builder import GraphBuilder
 from onnxcam.exporters.rules.context import ChannelMultiplier
-from onnxcam.resize import bilinear_matrix
+from onnxcam.resize import bilinear_matrix, extreme_rows
 
 #: Methods and whether their sweep uses DeepLIFT rules (True) or plain gradients (False).
 METHODS = {
@@ -146,23 +146,40 @@ def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
     is 1 if the low-resolution map varies and 0 if it is constant (such images come out all zero).
     ``FLT_MIN`` (the smallest normal float32) only matters where the span is 0 or subnormal; there
     ``R − min R`` is at most that span, so no inf or NaN can arise.
+
+    The resize is separable, ``R = R_H · L · R_Wᵀ`` (constant interpolation matrices with exactly
+    ``Resize(linear, half_pixel)``'s weights; two small MatMuls). When upsampling, ``min R`` and
+    ``max R`` lie on the few rows :func:`~onnxcam.resize.extreme_rows` names, so they come from
+    ``R_H[rows] · T`` (``T = L · R_Wᵀ``), the normalisation is applied to the small ``T`` (the rows
+    of ``R_H`` sum to 1), and the full-size product writes the heatmap directly: one pass over
+    [B,H,W] instead of five. A final Clip keeps rounding inside [0, 1].
     """
-    # Bilinear half-pixel interpolation is separable: resized = R_h · L · R_wᵀ with constant
-    # interpolation matrices (exactly Resize(linear, half_pixel)'s weights); two small MatMuls.
     h, w = _static_hw(b, cam_map)
-    rows = b.const(bilinear_matrix(input_hw[0], h), "resize_rows")
+    rows_np = bilinear_matrix(input_hw[0], h)
+    rows = b.const(rows_np, "resize_rows")
     cols = b.const(bilinear_matrix(input_hw[1], w).T.copy(), "resize_cols")
-    resized = b.op("MatMul", [rows, b.op("MatMul", [cam_map, cols], "resize_w")], "resized")
+    half = b.op("MatMul", [cam_map, cols], "resize_w")  # T [B,h,W]
     # Constancy is decided on the low-resolution map: resizing a constant map is not exactly constant
     # in float32, and normalising that rounding noise would invent structure.
     varies = b.op("Greater", [b.reduce("ReduceMax", cam_map, [1, 2], True, "lowres_max"),
                               b.reduce("ReduceMin", cam_map, [1, 2], True, "lowres_min")], "map_varies")
-    low = b.reduce("ReduceMin", resized, [1, 2], keepdims=True, hint="map_min")
-    span = b.op("Sub", [b.reduce("ReduceMax", resized, [1, 2], keepdims=True, hint="map_max"), low], "map_span")
+    extremes = extreme_rows(input_hw[0], h)
+    folded = 2 * len(extremes) < input_hw[0]
+    resized = None
+    if folded:
+        candidates = b.op("MatMul", [b.const(rows_np[extremes], "resize_extreme_rows"), half], "extreme_values")
+    else:
+        candidates = resized = b.op("MatMul", [rows, half], "resized")
+    low = b.reduce("ReduceMin", candidates, [1, 2], keepdims=True, hint="map_min")
+    span = b.op("Sub", [b.reduce("ReduceMax", candidates, [1, 2], keepdims=True, hint="map_max"), low], "map_span")
     tiny = b.const(np.float32(np.finfo(np.float32).tiny), "flt_min")
     inv_span = b.op("Div", [b.op("Cast", [varies], "varies_01", to=TensorProto.FLOAT),
                             b.op("Max", [span, tiny], "safe_span")], "inv_span")
-    return b.op("Mul", [b.op("Sub", [resized, low], "above_min"), inv_span], "heatmap")
+    if not folded:
+        return b.op("Mul", [b.op("Sub", [resized, low], "above_min"), inv_span], "heatmap")
+    normalised_half = b.op("Mul", [b.op("Sub", [half, low], "above_min"), inv_span], "normalised_half")
+    return b.op("Clip", [b.op("MatMul", [rows, normalised_half], "resized_normalised"),
+                         b.const(np.float32(0.0), "zero_f32"), b.const(np.float32(1.0), "one_f32")], "heatmap")
 
 
 def _static_hw(b: GraphBuilder, cam_map: str) -> tuple[int, int]:

@@ -17,12 +17,12 @@ from tests.exporters.helpers import session
 H, W, SIZE = 3, 4, (12, 10)
 
 
-def heatmap_model() -> onnx.ModelProto:
-    """``map`` [B,H,W] → the tail's heatmap [B,*SIZE]."""
+def heatmap_model(size=SIZE) -> onnx.ModelProto:
+    """``map`` [B,H,W] → the tail's heatmap [B,*size]."""
     empty = helper.make_model(helper.make_graph([], "empty", [], []), opset_imports=[helper.make_opsetid("", 17)])
     b = GraphBuilder(empty, 17)
     b.static_shapes["map"] = (H, W)
-    heat = _heatmap(b, "map", SIZE)
+    heat = _heatmap(b, "map", size)
     graph = helper.make_graph(
         b.nodes, "heatmap", [helper.make_tensor_value_info("map", TensorProto.FLOAT, ["B", H, W])],
         [helper.make_tensor_value_info(heat, TensorProto.FLOAT, None)], initializer=b.initializers,
@@ -30,10 +30,10 @@ def heatmap_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def reference(cam_map: np.ndarray) -> np.ndarray:
+def reference(cam_map: np.ndarray, size=SIZE) -> np.ndarray:
     """float64: resize with the interpolation matrices, min-max per image, 0 where the map is constant."""
-    resized = np.einsum("Hh,bhw,Ww->bHW", bilinear_matrix(SIZE[0], H).astype(np.float64), cam_map.astype(np.float64),
-                        bilinear_matrix(SIZE[1], W).astype(np.float64))
+    resized = np.einsum("Hh,bhw,Ww->bHW", bilinear_matrix(size[0], H).astype(np.float64), cam_map.astype(np.float64),
+                        bilinear_matrix(size[1], W).astype(np.float64))
     low = resized.min(axis=(1, 2), keepdims=True)
     span = resized.max(axis=(1, 2), keepdims=True) - low
     constant = (cam_map.max(axis=(1, 2)) == cam_map.min(axis=(1, 2)))[:, None, None]
@@ -46,11 +46,20 @@ def run_heatmap():
     return lambda m: sess.run(None, {"map": m.astype(np.float32)})[0]
 
 
-def test_heatmap_is_the_min_max_normalised_resize(run_heatmap):
-    maps = np.random.default_rng(0).random((3, H, W)).astype(np.float32) * np.float32([[[1]], [[1e3]], [[1e-3]]])
-    heat = run_heatmap(maps)
-    np.testing.assert_allclose(heat, reference(maps), atol=1e-6)
-    assert np.allclose(heat.min(axis=(1, 2)), 0, atol=1e-7) and np.allclose(heat.max(axis=(1, 2)), 1, atol=1e-6)
+# (12, 10) from (3, 4): upsampled, min/max from the extreme rows and normalisation folded before the
+# last product; (24, 4): rows upsampled 8x (folded), columns unchanged; (3, 2) and (5, 7): rows not
+# upsampled enough to fold (normalised after the resize).
+@pytest.mark.parametrize("size", [SIZE, (24, 4), (3, 2), (5, 7)])
+def test_heatmap_is_the_min_max_normalised_resize(size):
+    sess = session(heatmap_model(size))
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, H, W)).astype(np.float32) * np.float32([[[1]], [[1e3]], [[1e-3]], [[1]]])
+    maps[3] = rng.standard_normal((H, W)).astype(np.float32) ** 3  # extremes anywhere, incl. interior knots
+    heat = sess.run(None, {"map": maps})[0]
+    np.testing.assert_allclose(heat, reference(maps, size), atol=1e-6)
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    np.testing.assert_allclose(heat.min(axis=(1, 2)), 0, atol=1e-6)
+    np.testing.assert_allclose(heat.max(axis=(1, 2)), 1, atol=1e-6)
 
 
 def test_constant_maps_give_zero_heatmaps(run_heatmap):
