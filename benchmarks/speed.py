@@ -42,7 +42,7 @@ TIMING = {
     "full": {
         "1": {"main": dict(budget_s=10.0, min_rounds=10, max_rounds=200, warmup=1, mem_calls=2),
               "peer": dict(budget_s=6.0, min_rounds=8, max_rounds=100, warmup=1, mem_calls=2)},
-        "many": {"main": dict(budget_s=30.0, min_rounds=5, max_rounds=60, warmup=1, mem_calls=2),
+        "many": {"main": dict(budget_s=30.0, min_rounds=8, max_rounds=60, warmup=1, mem_calls=2),
                  "peer": dict(budget_s=8.0, min_rounds=2, max_rounds=30, warmup=1, mem_calls=2)},
     },
     "quick": {
