@@ -41,7 +41,7 @@ def extreme_rows(out_size: int, in_size: int) -> np.ndarray:
 
     Example::
 
-        >>> extreme_rows(8, 2).tolist()  # x = -0.375 (clamped), -0.125, 0.125, ..., 1.375
+        >>> extreme_rows(8, 2).tolist()  # x = -0.375, -0.125 (both clamped to 0), 0.125, ..., 1.375
         [0, 5, 6, 7]
     """
     if out_size < 1 or in_size < 1:

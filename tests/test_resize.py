@@ -28,3 +28,12 @@ def test_upsampling_needs_about_two_rows_per_source_row():
 def test_sizes_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         extreme_rows(0, 3)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import onnxcam.resize
+
+    result = doctest.testmod(onnxcam.resize)
+    assert result.attempted >= 2 and result.failed == 0
