@@ -82,37 +82,57 @@ def test_subnormal_spans_stay_finite(run_heatmap):
     assert heat[1].max() == pytest.approx(1.0, abs=1e-6)
 
 
-def gap_head_model() -> onnx.ModelProto:
-    """x → Conv → Relu (target ``A``) → GlobalAveragePool → Flatten → Gemm."""
+POOLS = {
+    # name: (pooling nodes from A to "flat" [N,6], opset, scale of y relative to mean_ij A)
+    "global_average_pool": ([helper.make_node("GlobalAveragePool", ["A"], ["pooled"]),
+                             helper.make_node("Flatten", ["pooled"], ["flat"])], 17, 1.0),
+    "reduce_mean_keepdims0": ([helper.make_node("ReduceMean", ["A"], ["flat"], axes=[2, 3], keepdims=0)], 17, 1.0),
+    "reduce_mean_axes_input": ([helper.make_node("ReduceMean", ["A", "spatial"], ["pooled"], keepdims=1),
+                                helper.make_node("Flatten", ["pooled"], ["flat"])], 18, 1.0),
+    "reduce_sum": ([helper.make_node("ReduceSum", ["A", "spatial"], ["pooled"], keepdims=1),
+                    helper.make_node("Flatten", ["pooled"], ["flat"])], 17, 64.0),
+}
+
+
+def pooled_head_model(pool: str = "global_average_pool") -> onnx.ModelProto:
+    """x → Conv → Relu (target ``A`` [N,6,8,8]) → spatial pooling → [N,6] → Gemm."""
     rng = np.random.default_rng(3)
+    pooling, opset, _ = POOLS[pool]
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["A"]),
-        helper.make_node("GlobalAveragePool", ["A"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        *pooling,
         helper.make_node("Gemm", ["flat", "fc", "bias"], ["logits"], transB=1),
     ]
     inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal((5, 6)).astype(np.float32), "fc"),
-             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "bias")]
-    graph = helper.make_graph(nodes, "gap_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "spatial")]
+    graph = helper.make_graph(nodes, "pooled_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def test_global_average_pool_tail_reuses_the_pooled_output():
-    """φ = g ⊙ mean(A) from the forward's own pool: no reduction over A, no Shape, no renaming copies."""
-    model = gap_head_model()
-    cam = onnxcam.export(model, "A")
+def gap_head_model() -> onnx.ModelProto:
+    return pooled_head_model("global_average_pool")
+
+
+@pytest.mark.parametrize("method", ["liftcam", "gradcam"])
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_pooled_head_tail_reuses_the_pooled_output(pool, method):
+    """φ = g ⊙ y from the forward's own pooled output ``y``: no reduction over A, no Shape, no copies."""
+    model = pooled_head_model(pool)
+    cam = onnxcam.export(model, "A", method=method)
     added = [n for n in cam.graph.node if n.name.startswith("onnxcam/")]
     kinds = [n.op_type for n in added]
-    assert "ReduceSum" not in kinds and "Shape" not in kinds and "Expand" not in kinds
+    assert not {"ReduceSum", "ReduceMean", "Shape", "Expand"} & set(kinds), kinds
     producers = {o: n.op_type for n in added for o in n.output}
     for name in (contract.OUTPUT_COEFFICIENTS, contract.OUTPUT_MAP, contract.OUTPUT_HEATMAP):
         assert name in producers
     assert producers[contract.OUTPUT_MAP] == "Relu" and producers[contract.OUTPUT_HEATMAP] == "Mul"
 
-    # ...and the values are the recipe's: φ_k = W[c,k] · mean_ij A_k (exact for this head).
+    # ...and the values are the recipe's, exact for this linear head (float64 reference):
+    # LIFT-CAM φ_k = Σ_ij A_k · ∂y_c/∂A_k = W[c,k] · s · mean_ij A_k; Grad-CAM φ_k = mean_ij ∂y_c/∂A_k = W[c,k] · s / (h·w).
     x = np.random.default_rng(4).standard_normal((3, 3, 8, 8)).astype(np.float32)
     out = dict(zip([o.name for o in cam.graph.output],
                    session(cam).run(None, {"x": x, contract.INPUT_TARGET: np.array([-1, 2, 4])})))
@@ -122,10 +142,12 @@ def test_global_average_pool_tail_reuses_the_pooled_output():
     logits, a = session(probe).run(None, {"x": x})
     classes = np.array([logits[0].argmax(), 2, 4])
     np.testing.assert_array_equal(out[contract.OUTPUT_CLASS], classes)
+    scale = POOLS[pool][2]
     fc = numpy_helper.to_array(model.graph.initializer[1]).astype(np.float64)
-    expected = fc[classes] * a.astype(np.float64).mean(axis=(2, 3))
+    a64 = a.astype(np.float64)
+    expected = fc[classes] * scale * (a64.mean(axis=(2, 3)) if method == "liftcam" else 1.0 / 64)
     np.testing.assert_allclose(out[contract.OUTPUT_COEFFICIENTS], expected, rtol=1e-5, atol=1e-6)
-    cam_map = np.maximum(np.einsum("nk,nkhw->nhw", expected, a.astype(np.float64)), 0)
+    cam_map = np.maximum(np.einsum("nk,nkhw->nhw", expected, a64), 0)
     np.testing.assert_allclose(out[contract.OUTPUT_MAP], cam_map, rtol=1e-5, atol=1e-5)
 
 

@@ -24,15 +24,16 @@ GRADIENT = "gradient"
 
 @dataclass(frozen=True)
 class ChannelMultiplier:
-    """The multiplier at the input ``x`` [B,K,h,w] of ``y = mean_ij x`` (GlobalAveragePool):
-    ``m = g / (h·w)``, the same at every position, where ``g`` [B,K,1,1] is the multiplier of ``y``.
+    """The multiplier at the input ``x`` [B,K,h,w] of a spatial pooling ``y = mean_ij x``
+    (GlobalAveragePool, ReduceMean over axes 2, 3) or ``y = Σ_ij x`` (ReduceSum): ``m = g / (h·w)``
+    (``m = g`` for the sum), the same at every position, where ``g`` [B,K,1,1] is the multiplier of ``y``.
 
-    Then ``Σ_ij x ⊙ m = g ⊙ y``: the channel sums of the contributions are one [B,K,1,1] product with
-    the pooled output the forward already computed (no [B,K,h,w] product, no reduction).
+    Then ``Σ_ij x ⊙ m = g ⊙ y`` either way: the channel sums of the contributions are one [B,K,1,1]
+    product with the pooled output the forward already computed (no [B,K,h,w] product, no reduction).
     """
 
     incoming: str  #: ``g`` [B,K,1,1]
-    scaled: str  #: ``m = g / (h·w)`` [B,K,1,1]
+    scaled: str  #: ``m`` [B,K,1,1] (= ``mean_ij`` of the multiplier at ``x``)
     pooled: str  #: ``y`` [B,K,1,1], the forward's pooled output in the sweep's batch and dtype
 
 

@@ -306,10 +306,17 @@ def reduce_linear(ctx: RuleContext, g: Multipliers) -> Multipliers:
     grad = g[0]
     if not int(ctx.attr("keepdims", 1)):
         grad = ctx.b.unsqueeze(grad, axes)
+    incoming = grad  # g with y's reduced axes kept as 1
     if ctx.node.op_type == "ReduceMean":
         count = int(np.prod([ctx.shape(x)[a] for a in axes]))
         grad = ctx.b.op("Mul", [grad, ctx.const(1.0 / count, "inv_count")], "mean_scaled")
-    return [ctx.b.op("Expand", [grad, ctx.b.shape(ctx.value(x))], "reduce_back")] + [None] * (len(ctx.node.input) - 1)
+    back = ctx.b.op("Expand", [grad, ctx.b.shape(ctx.value(x))], "reduce_back")
+    if rank == 4 and axes == [2, 3]:  # a spatial pooling written as a reduction (e.g. x.mean((2, 3)))
+        pooled = ctx.value(ctx.node.output[0])
+        if not int(ctx.attr("keepdims", 1)):
+            pooled = ctx.b.unsqueeze(pooled, axes)
+        ctx.state.spatially_constant[back] = ChannelMultiplier(incoming, grad, pooled)
+    return [back] + [None] * (len(ctx.node.input) - 1)
 
 
 @register("Concat")
