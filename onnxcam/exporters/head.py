@@ -30,13 +30,10 @@ from onnxcam import contract
 from onnxcam._version import __version__
 from onnxcam.exporters.errors import ExportError
 from onnxcam.exporters.graph import GraphIndex, Head, explained_tensor, split_head
-from onnxcam.exporters.layers import auto_target
-from onnxcam.exporters.onnx_export import _float_shapes, _prepare
+from onnxcam.exporters.onnx_export import check_activations, check_logits, prepare_model, resolve_auto_target
 from onnxcam.exporters.reference import ReferencePass, _session, probe, reference_pass
 
 __all__ = ["export_head"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def export_head(
@@ -83,21 +80,17 @@ def export_head(
     if target is not None and not isinstance(target, str):
         raise ExportError(f"export_head takes one target tensor name (or None/'auto'), got {target!r}")
     source = None if isinstance(model, onnx.ModelProto) else os.path.basename(os.fspath(model))
-    proto, image, input_shape = _prepare(model, input_size)
+    proto, image, input_shape = prepare_model(model, input_size)
     index = GraphIndex.build(proto)
     _, logits = explained_tensor(index, output)
     if target in (None, "auto"):
-        shapes, _ = _float_shapes(proto, image, input_shape, index)
-        target = auto_target(index, logits, image.name, shapes)
+        target = resolve_auto_target(proto, image, input_shape, index, logits)
     head = split_head(index, target, logits, image.name)
 
     probed = probe(proto, image, [target, logits], input_shape)
     activations, scores = probed[target], probed[logits]
-    if activations.ndim != 4 or activations.dtype not in _FLOATS:
-        raise ExportError(f"target {target!r} is {activations.dtype} {list(activations.shape)}; expected float activations [N, K, h, w]")
-    if scores.ndim != 2 or scores.dtype not in _FLOATS:
-        raise ExportError(f"the explained output {logits!r} is {scores.dtype} {list(scores.shape)}; expected float logits [N, C]")
-    target_shape = tuple(int(d) for d in activations.shape[1:])
+    target_shape = check_activations(activations, target)
+    check_logits(scores, logits)
     reference = reference_pass(proto, image, head, input_shape, target_shape, activations.dtype)
 
     batch = image.type.tensor_type.shape.dim[0].dim_param or "N"

@@ -40,7 +40,13 @@ log = logging.getLogger("onnxcam")
 PathOrModel = "str | os.PathLike | onnx.ModelProto"
 
 
-def _prepare(model, input_size):
+#: dtypes the exporter accepts for the target activations and the explained logits
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def prepare_model(model, input_size):
+    """``(proto, image input, (C, H, W))``: loaded, opset-upgraded, batch made dynamic (shared with
+    :func:`onnxcam.exporters.head.export_head`)."""
     proto = load_model(model)
     if any(p.key == contract.META_VERSION for p in proto.metadata_props):
         raise ExportError("the model was exported by onnxcam already; export the original model instead")
@@ -57,6 +63,27 @@ def _float_shapes(proto: onnx.ModelProto, image, input_shape, index: GraphIndex)
     names = [o for n in proto.graph.node for o in n.output if o and o in data]
     values = probe(proto, image, names, input_shape)
     return {k: v.shape for k, v in values.items()}, {k: v.dtype for k, v in values.items()}
+
+
+def resolve_auto_target(proto: onnx.ModelProto, image, input_shape, index: GraphIndex, logits: str) -> str:
+    """The tensor the automatic target choice picks (what ``target=None`` means)."""
+    shapes, _ = _float_shapes(proto, image, input_shape, index)
+    return auto_target(index, logits, image.name, shapes)
+
+
+def check_logits(scores: np.ndarray, logits: str) -> None:
+    """The explained output must be float logits [N, C]."""
+    if scores.dtype not in FLOAT_DTYPES or scores.ndim != 2:
+        raise ExportError(f"the explained output {logits!r} is {scores.dtype} {list(scores.shape)}; expected float logits [N, C]")
+
+
+def check_activations(activations: np.ndarray, tensor: str) -> tuple[int, int, int]:
+    """The target must be float activations [N, K, h, w]; returns ``(K, h, w)``."""
+    if activations.ndim != 4:
+        raise ExportError(f"target {tensor!r} has shape {list(activations.shape)}; a CAM needs a 4-D activation [N, K, h, w]")
+    if activations.dtype not in FLOAT_DTYPES:
+        raise ExportError(f"target {tensor!r} is {activations.dtype}; float32 or float16 is required")
+    return tuple(int(d) for d in activations.shape[1:])  # type: ignore[return-value]
 
 
 def export(
@@ -127,7 +154,7 @@ def export(
     names = _class_names(class_names)
     if source is None and not isinstance(model, onnx.ModelProto):
         source = os.path.basename(os.fspath(model))
-    proto, image, input_shape = _prepare(model, input_size)
+    proto, image, input_shape = prepare_model(model, input_size)
     if fp16:
         proto = to_float16(proto)
     index = GraphIndex.build(proto)
@@ -136,8 +163,7 @@ def export(
     if not targets:
         raise ExportError("target is an empty list; pass a tensor name, a list of names, or None")
     if any(t in (None, "auto") for t in targets):
-        shapes, _ = _float_shapes(proto, image, input_shape, index)
-        chosen = auto_target(index, logits, image.name, shapes)
+        chosen = resolve_auto_target(proto, image, input_shape, index, logits)
         log.info("automatic target layer: %s", chosen)
         targets = [chosen if t in (None, "auto") else t for t in targets]
     if len(set(targets)) != len(targets):
@@ -154,21 +180,13 @@ def export(
 
     probed = probe(proto, image, [*targets, logits], input_shape)
     scores = probed[logits]
-    if scores.dtype not in _FLOATS or scores.ndim != 2:
-        raise ExportError(f"the explained output {logits!r} is {scores.dtype} {list(scores.shape)}; expected float logits [N, C]")
+    check_logits(scores, logits)
     num_classes = int(scores.shape[1])
     if top_k is not None and top_k > num_classes:
         raise ExportError(f"top_k={top_k} exceeds the {num_classes} classes of {logits!r}")
     if names is not None and len(names) != num_classes:
         raise ExportError(f"class_names has {len(names)} names but the explained output {logits!r} has {num_classes} classes")
-    shapes = []
-    for tensor in targets:
-        activations = probed[tensor]
-        if activations.ndim != 4:
-            raise ExportError(f"target {tensor!r} has shape {list(activations.shape)}; a CAM needs a 4-D activation [N, K, h, w]")
-        if activations.dtype not in _FLOATS:
-            raise ExportError(f"target {tensor!r} is {activations.dtype}; float32 or float16 is required")
-        shapes.append(tuple(int(d) for d in activations.shape[1:]))
+    shapes = [check_activations(probed[tensor], tensor) for tensor in targets]
 
     builder = GraphBuilder(proto, default_opset(proto))
     if scores.dtype == np.float32:
@@ -248,9 +266,6 @@ def export(
     return proto
 
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
-
-
 def _preprocessing(preprocessing) -> dict | None:
     if preprocessing is None:
         return None
@@ -295,7 +310,7 @@ def list_layers(model: str | os.PathLike | onnx.ModelProto, *, output: str | Non
         >>> for layer in onnxcam.list_layers("resnet20.onnx"):  # doctest: +SKIP
         ...     print(layer.name, layer.op_type, layer.shape, layer.supported)
     """
-    proto, image, input_shape = _prepare(model, input_size)
+    proto, image, input_shape = prepare_model(model, input_size)
     index = GraphIndex.build(proto)
     _, logits = explained_tensor(index, output)
     shapes, dtypes = _float_shapes(proto, image, input_shape, index)
@@ -304,11 +319,10 @@ def list_layers(model: str | os.PathLike | onnx.ModelProto, *, output: str | Non
 
 def choose_target(model: str | os.PathLike | onnx.ModelProto, *, output: str | None = None, input_size: tuple[int, int] | None = None) -> str:
     """The tensor ``export(target=None)`` would explain."""
-    proto, image, input_shape = _prepare(model, input_size)
+    proto, image, input_shape = prepare_model(model, input_size)
     index = GraphIndex.build(proto)
     _, logits = explained_tensor(index, output)
-    shapes, _ = _float_shapes(proto, image, input_shape, index)
-    return auto_target(index, logits, image.name, shapes)
+    return resolve_auto_target(proto, image, input_shape, index, logits)
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, overwrite: bool = False) -> None:
