@@ -57,15 +57,10 @@ class GraphBuilder:
         """Give the output ``tensor`` of an added node the exact name ``name`` (a contract output),
         rewriting the added nodes that read it; ``None`` (nothing changed) when no added node produces
         ``tensor``. Saves the Identity/Reshape node a plain alias would cost at every run."""
-        producer = next((n for n in self.nodes if tensor in n.output), None)
-        if producer is None:
+        if not any(tensor in n.output for n in self.nodes):
             return None
         self._taken.add(name)
-        for node in self.nodes:
-            for field in (node.input, node.output):
-                for i, x in enumerate(field):
-                    if x == tensor:
-                        field[i] = name
+        replace_names(self.nodes, {tensor: name})
         if tensor in self.static_shapes:
             self.static_shapes[name] = self.static_shapes.pop(tensor)
         return name
@@ -132,6 +127,15 @@ class GraphBuilder:
         if len(names) == 1:
             return names[0]
         return self.op("Sum", list(names), hint)
+
+
+def replace_names(nodes: Sequence[onnx.NodeProto], mapping: dict[str, str]) -> None:
+    """Rename tensors in place: every input and output of ``nodes`` found in ``mapping``."""
+    for node in nodes:
+        for names in (node.input, node.output):
+            for i, x in enumerate(names):
+                if x in mapping:
+                    names[i] = mapping[x]
 
 
 def needed_nodes(nodes: Sequence[onnx.NodeProto], wanted: set[str]) -> set[int]:

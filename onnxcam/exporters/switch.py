@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import contract
-from onnxcam.exporters.builder import GraphBuilder, needed_nodes
+from onnxcam.exporters.builder import GraphBuilder, needed_nodes, replace_names
 
 #: Outputs computed whatever ``onnxcam_explain`` says.
 ALWAYS = (contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS)
@@ -52,13 +52,7 @@ def gate_explanations(builder: GraphBuilder, infos: list[onnx.ValueInfoProto]) -
 
     explained = [info for info in infos if info.name not in ALWAYS]
     rename = {info.name: f"{info.name}/then" for info in explained}
-    for node in gated_nodes:
-        for j, out in enumerate(node.output):
-            if out in rename:
-                node.output[j] = rename[out]
-        for j, inp in enumerate(node.input):
-            if inp in rename:
-                node.input[j] = rename[inp]
+    replace_names(gated_nodes, rename)
     then_graph = helper.make_graph(
         gated_nodes, "onnxcam_explain_then", [],
         [helper.make_tensor_value_info(rename[i.name], i.type.tensor_type.elem_type, None) for i in explained],
