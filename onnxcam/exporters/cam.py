@@ -164,22 +164,25 @@ def _heatmap(b: GraphBuilder, cam_map: str, input_hw) -> str:
     varies = b.op("Greater", [b.reduce("ReduceMax", cam_map, [1, 2], True, "lowres_max"),
                               b.reduce("ReduceMin", cam_map, [1, 2], True, "lowres_min")], "map_varies")
     extremes = extreme_rows(input_hw[0], h)
-    folded = 2 * len(extremes) < input_hw[0]
-    resized = None
-    if folded:
-        candidates = b.op("MatMul", [b.const(rows_np[extremes], "resize_extreme_rows"), half], "extreme_values")
-    else:
-        candidates = resized = b.op("MatMul", [rows, half], "resized")
-    low = b.reduce("ReduceMin", candidates, [1, 2], keepdims=True, hint="map_min")
-    span = b.op("Sub", [b.reduce("ReduceMax", candidates, [1, 2], keepdims=True, hint="map_max"), low], "map_span")
+    if 2 * len(extremes) < input_hw[0]:  # upsampled enough: normalise T, then one full-size product
+        values = b.op("MatMul", [b.const(rows_np[extremes], "resize_extreme_rows"), half], "extreme_values")
+        low, inv_span = _min_and_inverse_span(b, values, varies)
+        normalised_half = b.op("Mul", [b.op("Sub", [half, low], "above_min"), inv_span], "normalised_half")
+        return b.op("Clip", [b.op("MatMul", [rows, normalised_half], "resized_normalised"),
+                             b.const(np.float32(0.0), "zero_f32"), b.const(np.float32(1.0), "one_f32")], "heatmap")
+    resized = b.op("MatMul", [rows, half], "resized")
+    low, inv_span = _min_and_inverse_span(b, resized, varies)
+    return b.op("Mul", [b.op("Sub", [resized, low], "above_min"), inv_span], "heatmap")
+
+
+def _min_and_inverse_span(b: GraphBuilder, values: str, varies: str) -> tuple[str, str]:
+    """Per image ``min`` of ``values`` [B,·,·] and ``varies / max(max − min, FLT_MIN)`` (both [B,1,1])."""
+    low = b.reduce("ReduceMin", values, [1, 2], keepdims=True, hint="map_min")
+    span = b.op("Sub", [b.reduce("ReduceMax", values, [1, 2], keepdims=True, hint="map_max"), low], "map_span")
     tiny = b.const(np.float32(np.finfo(np.float32).tiny), "flt_min")
     inv_span = b.op("Div", [b.op("Cast", [varies], "varies_01", to=TensorProto.FLOAT),
                             b.op("Max", [span, tiny], "safe_span")], "inv_span")
-    if not folded:
-        return b.op("Mul", [b.op("Sub", [resized, low], "above_min"), inv_span], "heatmap")
-    normalised_half = b.op("Mul", [b.op("Sub", [half, low], "above_min"), inv_span], "normalised_half")
-    return b.op("Clip", [b.op("MatMul", [rows, normalised_half], "resized_normalised"),
-                         b.const(np.float32(0.0), "zero_f32"), b.const(np.float32(1.0), "one_f32")], "heatmap")
+    return low, inv_span
 
 
 def _static_hw(b: GraphBuilder, cam_map: str) -> tuple[int, int]:
