@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["bilinear_matrix", "extreme_rows"]
+__all__ = ["bilinear_matrix", "extreme_rows", "parse_hw"]
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -56,3 +58,14 @@ def _source(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Clamped half-pixel source coordinates of the output rows and their left knots."""
     x = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
     return x, np.minimum(np.floor(x).astype(np.int64), in_size - 1)
+
+
+def parse_hw(value: Sequence[int], what: str) -> tuple[int, int]:
+    """``(H, W)`` as two positive ints; ValueError naming ``what`` otherwise."""
+    try:
+        height, width = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (H, W), got {value!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return height, width

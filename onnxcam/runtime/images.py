@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from onnxcam import contract
+from onnxcam.resize import parse_hw
 
 __all__ = ["INTERPOLATIONS", "load_image", "preprocess", "validate_preprocessing"]
 
@@ -223,12 +224,7 @@ def preprocess(
         images = list(images)
     if not images:
         raise ValueError("no images to preprocess (empty list)")
-    try:
-        height, width = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_size must be (H, W), got {input_size!r}") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"input_size must be positive, got {input_size!r}")
+    height, width = parse_hw(input_size, "input_size")
     flag = INTERPOLATIONS[p["interpolation"]]
 
     display: list[np.ndarray] = []

@@ -67,7 +67,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from onnxcam.resize import bilinear_matrix  # re-exported: the graph's resize, shared with the exporter
+from onnxcam.resize import bilinear_matrix, parse_hw  # bilinear_matrix re-exported: the graph's resize, shared with the exporter
 
 __all__ = ["ScoreCamResult", "bilinear_matrix", "cam_heatmap", "score_cam", "upsample"]
 
@@ -115,7 +115,7 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     m = np.asarray(maps, dtype=np.float32)
     if m.ndim != 3:
         raise ValueError(f"maps must be [M, h, w], got shape {m.shape}")
-    return _resizer(m.shape[1:], _size(size))(m)
+    return _resizer(m.shape[1:], parse_hw(size, "size"))(m)
 
 
 def cam_heatmap(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -148,16 +148,6 @@ def cam_heatmap(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     usable = varies[:, None, None] & (span > 0)
     inv_span = np.where(usable, np.float32(1.0) / np.where(usable, span, np.float32(1.0)), np.float32(0.0))
     return ((resized - lowest) * inv_span).astype(np.float32, copy=False)
-
-
-def _size(size: Sequence[int]) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be (H, W), got {size!r}") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return height, width
 
 
 # ---------------------------------------------------------------------------- validation
