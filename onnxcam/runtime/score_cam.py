@@ -121,10 +121,11 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def cam_heatmap(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The exported graph's ``onnxcam_heatmap`` from ``onnxcam_map``: resize, then min-max per image.
 
-    ``R = upsample(L)``; ``heat = (R − min R) · (1 / (max R − min R))``, and 0 where the
-    low-resolution map ``L`` is constant (resizing a constant map is not exactly constant in float32,
-    and normalising that rounding noise would invent structure) or ``max R = min R``. float32, in the
-    graph's order of operations (``onnxcam/exporters/cam.py``).
+    ``R = upsample(L)``; ``heat = (R − min R) · v / max(max R − min R, FLT_MIN)``, with ``v = 0`` where
+    the low-resolution map ``L`` is constant (resizing a constant map is not exactly constant in
+    float32, and normalising that rounding noise would invent structure), else 1: the graph's
+    convention (``onnxcam/exporters/cam.py``). When upsampling, the graph applies the normalisation
+    before its last resize product instead of after it, so the two agree up to float32 rounding.
 
     Args:
         maps: float ``[N, h, w]`` maps (``onnxcam_map``, :attr:`ScoreCamResult.maps`).
@@ -142,11 +143,10 @@ def cam_heatmap(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if low.ndim != 3 or 0 in low.shape:
         raise ValueError(f"maps must be a non-empty [N, h, w] array, got shape {low.shape}")
     resized = upsample(low, size)
-    varies = (low.max(axis=(1, 2)) - low.min(axis=(1, 2))) > 0
+    varies = low.max(axis=(1, 2), keepdims=True) > low.min(axis=(1, 2), keepdims=True)
     lowest = resized.min(axis=(1, 2), keepdims=True)
     span = resized.max(axis=(1, 2), keepdims=True) - lowest
-    usable = varies[:, None, None] & (span > 0)
-    inv_span = np.where(usable, np.float32(1.0) / np.where(usable, span, np.float32(1.0)), np.float32(0.0))
+    inv_span = varies.astype(np.float32) / np.maximum(span, np.finfo(np.float32).tiny)
     return ((resized - lowest) * inv_span).astype(np.float32, copy=False)
 
 

@@ -200,6 +200,14 @@ def test_cam_heatmap_matches_float64_and_zeroes_constant_maps(tiny):
     assert got.dtype == np.float32 and got.min() >= 0 and got.max() <= 1
 
 
+def test_cam_heatmap_subnormal_spans_stay_finite():
+    # As in the graph (tests/exporters/test_cam.py): 1/span would overflow to inf, and inf·0 = NaN.
+    maps = np.zeros((1, 3, 4), np.float32)
+    maps[0, 0, 0] = np.finfo(np.float32).tiny / 8
+    got = cam_heatmap(maps, (12, 10))
+    assert np.all(np.isfinite(got)) and got.min() >= 0 and got.max() <= 1
+
+
 @pytest.fixture(scope="module")
 def mobilenet_raw(tmp_path_factory):
     """The bundled MobileNetV2, exported raw (LIFT-CAM), explained on the two bundled photos."""
