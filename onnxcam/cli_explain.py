@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Sequence
 from typing import IO, Any, Optional
 
-from onnxcam._files import atomic_write, current_umask
+from onnxcam._files import atomic_write
 
 PROG = "onnxcam explain"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -385,7 +385,6 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     except OSError as exc:
         raise UsageError(f"cannot create --out {args.out!r}: {exc.strerror or exc}") from None
 
-    mode = 0o666 & ~current_umask()
     requested = [contract.OUTPUT_LOGITS, contract.OUTPUT_CLASS, contract.OUTPUT_HEATMAP]
     if num_layers > 1:
         requested += [f"{contract.OUTPUT_HEATMAP}_{i}" for i in range(num_layers)]
@@ -465,8 +464,8 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
                 record.update(common)
                 text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
                 for name, data in pngs:
-                    atomic_write(os.path.join(args.out, name), data, mode)
-                atomic_write(os.path.join(args.out, f"{base}.json"), text.encode("utf-8"), mode)
+                    atomic_write(os.path.join(args.out, name), data)
+                atomic_write(os.path.join(args.out, f"{base}.json"), text)
                 succeeded += 1
             except Exception as exc:
                 failed += 1

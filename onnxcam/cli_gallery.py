@@ -32,8 +32,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from onnxcam.cli_explain import UsageError, atomic_write, load_labels, load_preprocessing
 
@@ -214,7 +213,6 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     pre = load_preprocessing(args.preprocessing)
 
     import cv2
-    import numpy as np
 
     import onnxcam
     from onnxcam.runtime import load_image, score_cam
@@ -281,16 +279,3 @@ def _run(args: argparse.Namespace, stderr: IO[str]) -> int:
     _note(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]} px, {len(images)} row(s), "
           f"{len(methods)} method(s)) in {time.perf_counter() - started:.1f} s", stderr)
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Stand-alone entry point (``python -m onnxcam.cli_gallery gallery ...``)."""
-    parser = argparse.ArgumentParser(prog="onnxcam")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_gallery_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
