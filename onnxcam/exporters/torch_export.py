@@ -8,7 +8,6 @@ is then the target. The extra output is removed before the ONNX exporter runs.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from typing import Mapping
 

@@ -232,7 +232,7 @@ def average_pool(ctx: RuleContext, g: Multipliers) -> Multipliers:
     padding, ``count_include_pad``, ``ceil_mode``) is ``avg_pool(1) / conv_sum(1)``; hence
     ``m_x = conv_transpose(D ⊙ g, ones)``.
     """
-    x, y = ctx.input(0), ctx.node.output[0]
+    x = ctx.input(0)
     in_sp, out_sp, kernel, strides, dilations, pads_begin = _window_geometry(ctx)
     channels = ctx.shape(x)[1]
     dtype = ctx.dtype(x)
