@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxcam import contract
 from onnxcam.runtime.model_metadata import recommended_session_config
 
 from benchmarks import measure
@@ -42,8 +43,8 @@ FLOOR_AA = "ort_floor_aa"
 CAM_ALL = "onnxcam_all"
 CAM_LOGITS = "onnxcam_logits_only"
 
-TARGET_INPUT = "onnxcam_target"  # onnxcam.contract.INPUT_TARGET
-EXPLAIN_INPUT = "onnxcam_explain"  # onnxcam.contract.INPUT_EXPLAIN (switchable exports)
+TARGET_INPUT = contract.INPUT_TARGET
+EXPLAIN_INPUT = contract.INPUT_EXPLAIN  # switchable exports only
 
 
 # ----------------------------------------------------------------------------------------------
