@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.measure import write_atomic
+
 #: Tolerances of ALGORITHM.md §4.
 TOL_COEF = 1e-4
 TOL_HEAT = 1e-3
@@ -486,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = _meta(args.images, total)
     args.out.mkdir(parents=True, exist_ok=True)
     slim = [{k: v for k, v in r.items() if k != "traceback" or r["status"] == "error"} for r in results]
-    (args.out / "coverage.json").write_text(json.dumps({"meta": meta, "results": slim}, indent=1) + "\n")
-    (args.out / "coverage.md").write_text(markdown(results, meta))
+    write_atomic(args.out / "coverage.json", json.dumps({"meta": meta, "results": slim}, indent=1) + "\n")
+    write_atomic(args.out / "coverage.md", markdown(results, meta))
     counts = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "error")}
     print(f"{counts} in {total:.0f} s -> {args.out / 'coverage.md'}", file=sys.stderr)
     return 0 if counts["pass"] == len(results) else 1

@@ -67,7 +67,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from onnxcam._files import atomic_write
+from benchmarks.measure import write_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "fidelity"
@@ -327,12 +327,6 @@ def _cell(stats: dict) -> str:
     if not math.isfinite(stats["mean"]):
         return "n/a"
     return f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` atomically (:func:`onnxcam._files.atomic_write`), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
 
 
 def environment() -> dict:

@@ -15,6 +15,16 @@ import numpy as np
 # ----------------------------------------------------------------------------------------------
 
 
+def write_atomic(path: "os.PathLike[str]", text: str) -> None:
+    """Write a result file atomically (:func:`onnxcam._files.atomic_write`), creating its folder."""
+    from pathlib import Path
+
+    from onnxcam._files import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text)
+
+
 def log(message: str) -> None:
     """Progress on stderr (stdout stays clean)."""
     stamp = time.strftime("%H:%M:%S")

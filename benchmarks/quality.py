@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxcam._files import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a top-level folder, not an installed package
@@ -283,16 +282,10 @@ def run_model(spec: ModelSpec, shared: Path, args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ output
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` atomically (:func:`onnxcam._files.atomic_write`), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
-
-
 def write_results(results: dict, out: Path) -> tuple[Path, Path]:
     json_path, md_path = out / "quality.json", out / "quality.md"
-    write_atomic(json_path, json.dumps(results, indent=1, allow_nan=True) + "\n")
-    write_atomic(md_path, to_markdown(results))
+    measure.write_atomic(json_path, json.dumps(results, indent=1, allow_nan=True) + "\n")
+    measure.write_atomic(md_path, to_markdown(results))
     return json_path, md_path
 
 

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from benchmarks.measure import write_atomic
 from benchmarks.models import MODELS
 from benchmarks.peers import PEERS, TORCH_FORWARD, TORCH_FORWARD_LABEL
 from benchmarks.worker import CAM_ALL, CAM_LOGITS, FLOOR, FLOOR_AA
@@ -303,8 +304,8 @@ def write(results: dict, out_dir: Path, stem: str = "speed") -> tuple[Path, Path
     validate(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(results, indent=1, default=float))
-    md_path.write_text(to_markdown(results))
+    write_atomic(json_path, json.dumps(results, indent=1, default=float))
+    write_atomic(md_path, to_markdown(results))
     return json_path, md_path
 
 
@@ -317,7 +318,7 @@ def main(argv=None) -> int:
     results = json.loads(path.read_text())
     validate(results)
     markdown = to_markdown(results)
-    path.with_suffix(".md").write_text(markdown)
+    write_atomic(path.with_suffix(".md"), markdown)
     print(markdown)
     return 0
 

@@ -33,7 +33,6 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.models import DEFAULT_MODELS, MODELS
-from onnxcam._files import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,12 +136,6 @@ def markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` atomically (:func:`onnxcam._files.atomic_write`), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(MODELS))
@@ -177,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": measure.cpu_model(), "threads": args.threads,
             "onnxruntime": onnxruntime.__version__}
-    _atomic_write(args.out / "serving.json", json.dumps({"meta": meta, "results": results}, indent=2))
+    measure.write_atomic(args.out / "serving.json", json.dumps({"meta": meta, "results": results}, indent=2))
     if args.no_memory:
         for res in results:
             res["memory_mib"] = {"floor": float("nan"), "switch_off": float("nan"), "switch_on": float("nan"),
                                  "export": float("nan")}
     table = markdown(results, meta)
-    _atomic_write(args.out / "serving.md", table)
+    measure.write_atomic(args.out / "serving.md", table)
     print(table)
     return 0
 
