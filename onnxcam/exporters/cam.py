@@ -86,7 +86,7 @@ def cam_outputs(b: GraphBuilder, activations: str, sweep: str, target_shape, inp
     def out(name: str, tensor: str, rest) -> str:
         """Expose ``tensor`` [B, *rest] as ``name`` with shape [N, (k,) *rest]; returns the name under
         which ``tensor`` lives on. Without top-k the shapes agree and the tensor is renamed: no
-        Reshape node, hence no copy of the output (the [N,H,W] heatmap's cost 20 µs per image)."""
+        Reshape node, hence no copy of the output at every run (for the heatmap, [N,H,W])."""
         if top_k is None and b.rename(tensor, name) is not None:
             return name
         b.op_named("Reshape", [tensor, b.ints([*batch_shape, *rest], "out_shape")], name)
